@@ -1,0 +1,55 @@
+"""Replica and client tunables, each a named default with its reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bftdeliberate.errors import LocalError
+from bftdeliberate.wire.limits import MAX_BATCH_SIZE
+
+#: Requests per PRE-PREPARE when the queue is long (throughput vs. latency).
+DEFAULT_BATCH_SIZE = 100
+#: How long the primary waits for a batch to fill before proposing it anyway (seconds).
+DEFAULT_BATCH_DELAY = 0.001
+#: K: a checkpoint every K sequence numbers.
+DEFAULT_CHECKPOINT_INTERVAL = 64
+#: L: sequence numbers accepted above the low watermark h (a multiple of K, at least 2K so
+#: the pipeline keeps flowing while the next checkpoint becomes stable).
+DEFAULT_LOG_WINDOW = 256
+#: Requests the primary holds before it stops accepting new ones (memory bound).
+DEFAULT_MAX_QUEUED_REQUESTS = 50_000
+#: Requests one client may have queued at the primary (one noisy client cannot fill the queue).
+DEFAULT_MAX_QUEUED_PER_CLIENT = 4
+#: Backups reject a batch whose primary-assigned timestamp is further than this from their
+#: own clock (seconds); the agreed timestamp is the only clock the application sees.
+DEFAULT_TIMESTAMP_SKEW = 30.0
+#: Equivocation and other proofs kept in memory (the rest are only emitted as effects).
+DEFAULT_MAX_EVIDENCE_KEPT = 1024
+#: Client: first retransmission timeout (seconds); doubles per retry up to the maximum.
+DEFAULT_CLIENT_RETRANSMIT = 0.5
+DEFAULT_CLIENT_MAX_RETRANSMIT = 8.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaConfig:
+    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_delay: float = DEFAULT_BATCH_DELAY
+    checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL
+    log_window: int = DEFAULT_LOG_WINDOW
+    max_queued_requests: int = DEFAULT_MAX_QUEUED_REQUESTS
+    max_queued_per_client: int = DEFAULT_MAX_QUEUED_PER_CLIENT
+    timestamp_skew: float = DEFAULT_TIMESTAMP_SKEW
+    max_evidence_kept: int = DEFAULT_MAX_EVIDENCE_KEPT
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise LocalError(f"batch_size must be in 1..{MAX_BATCH_SIZE}")
+        if self.batch_delay < 0:
+            raise LocalError("batch_delay must be >= 0")
+        if self.checkpoint_interval < 1:
+            raise LocalError("checkpoint_interval must be >= 1")
+        k, window = self.checkpoint_interval, self.log_window
+        if window < 2 * k or window % k:
+            raise LocalError("log_window must be a multiple of checkpoint_interval and >= 2x it")
+        if self.max_queued_per_client < 1 or self.max_queued_requests < 1:
+            raise LocalError("request queue bounds must be >= 1")

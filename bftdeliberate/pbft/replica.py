@@ -1,0 +1,579 @@
+"""The sans-IO PBFT replica (Castro & Liskov, OSDI'99): normal case, batching, checkpoints.
+
+Inputs carry an explicit ``now`` (seconds on the driver's clock); outputs are effect lists
+(``effects.py``) that the driver performs in order. No IO, no clock, no global randomness:
+the simulator and the trio peer drive this exact code.
+
+Rules, in the paper's terms (f = (n-1)//3, quorum 2f+1):
+
+* The primary of view v is member ``v mod n``. It batches requests and sends
+  PRE-PREPARE(v, s, d, batch) for sequence numbers s in the window (h, h+L].
+* A backup accepts one digest per (v, s), recomputes d from the batch, verifies every client
+  signature in it, and broadcasts PREPARE. The primary never sends PREPARE.
+* *prepared*: the pre-prepare plus 2f matching PREPAREs from distinct backups -> COMMIT.
+* *committed-local*: prepared plus 2f+1 matching COMMITs from distinct members -> execute,
+  strictly in sequence order; each request at most once per (client, timestamp).
+* Every K sequence numbers a CHECKPOINT; 2f+1 matching ones make it stable, move h and
+  discard the log below.
+
+Byzantine input is normal input: anything malformed, forged, out of window, from the wrong
+sender or conflicting is counted in ``stats.dropped`` and dropped without allocating state;
+two conflicting signed messages from one signer become an ``Evidence`` effect.
+
+Seams for the next issues (view change, state transfer, recovery): the view is a field and
+every slot records it; stable checkpoint proofs and own snapshots are kept; ``Persist``
+precedes every ``Send``/``Broadcast`` of a message this replica signed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from bftdeliberate.committee import Committee
+from bftdeliberate.crypto import PrivateKey, Verifier
+from bftdeliberate.errors import DecodeError, LocalError
+from bftdeliberate.pbft.app import ExecutionContext, StateMachine
+from bftdeliberate.pbft.config import ReplicaConfig
+from bftdeliberate.pbft.effects import (
+    Broadcast,
+    CheckpointStable,
+    Effect,
+    Evidence,
+    Execute,
+    Persist,
+    Reply,
+    Send,
+)
+from bftdeliberate.wire import cbor
+from bftdeliberate.wire.messages import (
+    Checkpoint,
+    Commit,
+    Prepare,
+    PrePrepare,
+    Request,
+    SignedMessage,
+    decode_envelope,
+    sign_message,
+)
+from bftdeliberate.wire.messages import Reply as ReplyMessage
+
+#: Most recent drop records kept for inspection (the counters keep the totals).
+RECENT_DROPS_KEPT = 256
+#: Result returned when the application raised: deterministic, so replicas still agree.
+APPLICATION_EXCEPTION_RESULT = cbor.encode({"ok": False, "error": "application-exception"})
+
+
+def batch_digest(timestamp: int, batch: tuple[bytes, ...]) -> bytes:
+    """The digest a PRE-PREPARE binds: the agreed timestamp and the exact request envelopes."""
+    return hashlib.sha256(cbor.encode({"timestamp": timestamp, "batch": batch})).digest()
+
+
+@dataclass(slots=True)
+class _Slot:
+    """Everything known about one sequence number in the current view."""
+
+    view: int
+    pre_prepare: SignedMessage | None = None
+    digest: bytes = b""
+    requests: tuple[SignedMessage, ...] = ()
+    prepares: dict[int, SignedMessage] = field(default_factory=dict)
+    commits: dict[int, SignedMessage] = field(default_factory=dict)
+    prepared: bool = False
+    committed: bool = False
+
+
+@dataclass(slots=True)
+class _ClientRecord:
+    """Last executed request of one client and its signed reply (the reply cache)."""
+
+    timestamp: int
+    result: bytes
+    reply: SignedMessage
+
+
+@dataclass(frozen=True, slots=True)
+class DropRecord:
+    reason: str
+    sender: int | str
+    detail: str
+    now: float
+
+
+@dataclass(slots=True)
+class ReplicaStats:
+    received: int = 0
+    signatures: int = 0
+    executed_requests: int = 0
+    executed_batches: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+
+class Replica:
+    """One PBFT member. ``receive``/``submit``/``handle_timer`` in, effects out."""
+
+    def __init__(
+        self,
+        replica_id: int,
+        committee: Committee,
+        key: PrivateKey,
+        app: StateMachine,
+        config: ReplicaConfig | None = None,
+        *,
+        verifier: Verifier | None = None,
+    ) -> None:
+        if committee.member_public_key(replica_id) != key.public_key:
+            raise LocalError(f"key does not belong to member {replica_id} of the committee")
+        self.id = replica_id
+        self.committee = committee
+        self.config = config or ReplicaConfig()
+        self.app = app
+        self._key = key
+        self._committee_digest = committee.digest
+        self.verifier = verifier or Verifier(key.backend)
+        self._f = committee.f
+        self._n = committee.n
+
+        self.view = 0
+        self.low_watermark = 0  # h: seq of the last stable checkpoint
+        self.last_executed = 0
+        self._log: dict[int, _Slot] = {}
+        self._clients: dict[str, _ClientRecord] = {}
+        # Requests accepted into some slot and not yet executed (both roles).
+        self._in_flight: set[tuple[str, int]] = set()
+
+        # Primary state: the request queue and the next sequence number to assign.
+        self._queue: deque[SignedMessage] = deque()
+        self._queued: set[tuple[str, int]] = set()
+        self._queued_per_client: Counter[str] = Counter()
+        self._next_seq = 1
+        self._last_batch_timestamp = 0
+        self._batch_deadline: float | None = None
+        # Backup state: the newest request timestamp relayed to the primary, per client.
+        self._relayed: dict[str, int] = {}
+
+        # Checkpoints: votes per seq in the window, own digests and snapshots, stable proof.
+        self._checkpoint_votes: dict[int, dict[int, SignedMessage]] = {}
+        self._own_checkpoints: dict[int, tuple[bytes, bytes]] = {}
+        self.stable_proof: tuple[SignedMessage, ...] = ()
+        self.stable_digest = self._state_digest()
+
+        self.stats = ReplicaStats()
+        self.recent_drops: deque[DropRecord] = deque(maxlen=RECENT_DROPS_KEPT)
+        self.evidence: deque[Evidence] = deque(maxlen=self.config.max_evidence_kept)
+
+    # ------------------------------------------------------------------ inputs
+
+    @property
+    def primary(self) -> int:
+        return self.committee.primary(self.view)
+
+    @property
+    def is_primary(self) -> bool:
+        return self.primary == self.id
+
+    def receive(self, sender: int | str, data: bytes, now: float) -> list[Effect]:
+        """Handle envelope bytes from ``sender``, the transport-authenticated peer."""
+        self.stats.received += 1
+        try:
+            signed = decode_envelope(data)
+        except DecodeError as exc:
+            return self._drop("malformed", sender, str(exc), now)
+        message = signed.message
+        if isinstance(message, Request):
+            # Clients send their own requests; members may relay them (retransmissions).
+            if sender != message.client and not self._is_member(sender):
+                return self._drop("sender-mismatch", sender, "request relayed by a non-member", now)
+            return self._on_request(signed, relayed=sender != message.client, now=now)
+        if sender != message.signer():
+            return self._drop("sender-mismatch", sender, f"{message.type} signed as {message.signer()}", now)
+        if sender == self.id:
+            return self._drop("from-self", sender, message.type, now)
+        if isinstance(message, PrePrepare):
+            return self._on_pre_prepare(signed, message, now)
+        if isinstance(message, Prepare):
+            return self._on_prepare(signed, message, now)
+        if isinstance(message, Commit):
+            return self._on_commit(signed, message, now)
+        if isinstance(message, Checkpoint):
+            return self._on_checkpoint(signed, message, now)
+        return self._drop("unexpected-type", sender, message.type, now)
+
+    def submit(self, request: SignedMessage | bytes, now: float) -> list[Effect]:
+        """A signed request handed over by the local shell (an embedded client)."""
+        data = request.raw if isinstance(request, SignedMessage) else request
+        try:
+            signed = decode_envelope(data)
+        except DecodeError as exc:
+            raise LocalError(f"submit: not a request envelope: {exc}") from None
+        if not isinstance(signed.message, Request):
+            raise LocalError(f"submit: expected a request, got {signed.type}")
+        return self._on_request(signed, relayed=False, now=now)
+
+    def handle_timer(self, now: float) -> list[Effect]:
+        if self._batch_deadline is not None and now >= self._batch_deadline:
+            self._batch_deadline = None
+            return self._propose_ready(now, flush=True)
+        return []
+
+    def next_deadline(self) -> float | None:
+        return self._batch_deadline
+
+    # --------------------------------------------------------------- requests
+
+    def _on_request(self, signed: SignedMessage, *, relayed: bool, now: float) -> list[Effect]:
+        request: Request = signed.message  # type: ignore[assignment]
+        if not self._verify(signed):
+            return self._drop("bad-signature", request.client, "request", now)
+        record = self._clients.get(request.client)
+        if record is not None and request.timestamp <= record.timestamp:
+            if request.timestamp == record.timestamp and not relayed:
+                # A retransmission of an executed request: answer from the reply cache.
+                return [Reply(request.client, record.reply)]
+            return self._drop("stale-request", request.client, str(request.timestamp), now)
+        key = (request.client, request.timestamp)
+        if key in self._in_flight or key in self._queued:
+            return self._drop("duplicate-request", request.client, str(request.timestamp), now)
+        if not self.is_primary:
+            return self._relay(signed, request, relayed, now)
+        if self._queued_per_client[request.client] >= self.config.max_queued_per_client:
+            return self._drop("client-queue-full", request.client, str(request.timestamp), now)
+        if len(self._queue) >= self.config.max_queued_requests:
+            return self._drop("queue-full", request.client, str(request.timestamp), now)
+        self._queue.append(signed)
+        self._queued.add(key)
+        self._queued_per_client[request.client] += 1
+        return self._propose_ready(now, flush=False)
+
+    def _relay(self, signed: SignedMessage, request: Request, relayed: bool, now: float) -> list[Effect]:
+        if relayed:
+            return self._drop("not-primary", request.client, "relayed request", now)
+        if self._relayed.get(request.client, -1) >= request.timestamp:
+            return self._drop("duplicate-request", request.client, "already relayed", now)
+        # The client timed out on the primary: hand it over once. (View change on a request
+        # timer that keeps running here is the next issue's job.)
+        self._relayed[request.client] = request.timestamp
+        return [Send(self.primary, signed)]
+
+    def _propose_ready(self, now: float, *, flush: bool) -> list[Effect]:
+        """Primary: cut batches from the queue while the window has room."""
+        effects: list[Effect] = []
+        batch_size = self.config.batch_size
+        while self._queue and self._next_seq <= self.low_watermark + self.config.log_window:
+            if len(self._queue) < batch_size and not flush and self.config.batch_delay > 0:
+                if self._batch_deadline is None:
+                    self._batch_deadline = now + self.config.batch_delay
+                return effects
+            count = min(batch_size, len(self._queue))
+            batch = tuple(self._queue.popleft() for _ in range(count))
+            effects.extend(self._propose(batch, now))
+        if not self._queue:
+            self._batch_deadline = None
+        return effects
+
+    def _propose(self, batch: tuple[SignedMessage, ...], now: float) -> list[Effect]:
+        seq = self._next_seq
+        self._next_seq += 1
+        # Agreed time never goes backwards, whatever the primary's clock does.
+        timestamp = max(int(now * 1000), self._last_batch_timestamp)
+        self._last_batch_timestamp = timestamp
+        raws = tuple(request.raw for request in batch)
+        digest = batch_digest(timestamp, raws)
+        proposal = self._sign(
+            PrePrepare(view=self.view, seq=seq, digest=digest, timestamp=timestamp,
+                       replica=self.id, batch=raws)
+        )
+        for request in batch:
+            key = (request.message.client, request.message.timestamp)  # type: ignore[union-attr]
+            self._queued.discard(key)
+            self._queued_per_client[key[0]] -= 1
+            if not self._queued_per_client[key[0]]:
+                del self._queued_per_client[key[0]]
+            self._in_flight.add(key)
+        slot = self._slot(seq)
+        slot.pre_prepare, slot.digest, slot.requests = proposal, digest, batch
+        return [Persist("pre-prepare", proposal), Broadcast(proposal), *self._advance(seq, now)]
+
+    # ---------------------------------------------------------- three phases
+
+    def _on_pre_prepare(self, signed: SignedMessage, message: PrePrepare, now: float) -> list[Effect]:
+        sender = message.replica
+        if message.view != self.view:
+            return self._drop("wrong-view", sender, f"pre-prepare view {message.view}", now)
+        if sender != self.primary:
+            return self._drop("not-primary", sender, f"pre-prepare seq {message.seq}", now)
+        if not self._in_window(message.seq):
+            return self._drop("out-of-window", sender, f"pre-prepare seq {message.seq}", now)
+        if not self._verify(signed):
+            return self._drop("bad-signature", sender, "pre-prepare", now)
+        slot = self._log.get(message.seq)
+        if slot is not None and slot.pre_prepare is not None:
+            if slot.pre_prepare.body == signed.body:
+                return self._drop("duplicate", sender, f"pre-prepare seq {message.seq}", now)
+            effects = self._convict("equivocation", sender, slot.pre_prepare, signed)
+            return effects + self._drop("conflicting-pre-prepare", sender, str(message.seq), now)
+        if batch_digest(message.timestamp, message.batch) != message.digest:
+            effects = self._convict("bad-digest", sender, signed)
+            return effects + self._drop("digest-mismatch", sender, str(message.seq), now)
+        if abs(message.timestamp - now * 1000) > self.config.timestamp_skew * 1000:
+            return self._drop("timestamp-skew", sender, str(message.timestamp), now)
+        requests = self._valid_batch(message.batch)
+        if requests is None:
+            effects = self._convict("invalid-batch", sender, signed)
+            return effects + self._drop("invalid-batch", sender, str(message.seq), now)
+
+        slot = self._slot(message.seq)
+        slot.pre_prepare, slot.digest, slot.requests = signed, message.digest, requests
+        for request in requests:
+            self._in_flight.add((request.message.client, request.message.timestamp))  # type: ignore[union-attr]
+        prepare = self._sign(
+            Prepare(view=self.view, seq=message.seq, digest=message.digest, replica=self.id)
+        )
+        slot.prepares[self.id] = prepare
+        return [Persist("prepare", prepare), Broadcast(prepare), *self._advance(message.seq, now)]
+
+    def _valid_batch(self, batch: tuple[bytes, ...]) -> tuple[SignedMessage, ...] | None:
+        """Every entry a client-signed request, each (client, timestamp) once; else None."""
+        requests: list[SignedMessage] = []
+        seen: set[tuple[str, int]] = set()
+        for raw in batch:
+            try:
+                request = decode_envelope(raw)
+            except DecodeError:
+                return None
+            message = request.message
+            if not isinstance(message, Request) or not self._verify(request):
+                return None
+            key = (message.client, message.timestamp)
+            if key in seen:
+                return None
+            seen.add(key)
+            requests.append(request)
+        return tuple(requests)
+
+    def _on_prepare(self, signed: SignedMessage, message: Prepare, now: float) -> list[Effect]:
+        sender = message.replica
+        if message.view != self.view:
+            return self._drop("wrong-view", sender, f"prepare view {message.view}", now)
+        if sender == self.primary:
+            # The primary's vote is its PRE-PREPARE (counting both is the Sawtooth PR #111 bug).
+            return self._drop("prepare-from-primary", sender, str(message.seq), now)
+        return self._record_vote(signed, message, "prepares", now)
+
+    def _on_commit(self, signed: SignedMessage, message: Commit, now: float) -> list[Effect]:
+        if message.view != self.view:
+            return self._drop("wrong-view", message.replica, f"commit view {message.view}", now)
+        return self._record_vote(signed, message, "commits", now)
+
+    def _record_vote(
+        self, signed: SignedMessage, message: Prepare | Commit, votes_name: str, now: float
+    ) -> list[Effect]:
+        sender = message.replica
+        if not self._in_window(message.seq):
+            return self._drop("out-of-window", sender, f"{message.type} seq {message.seq}", now)
+        if not self._verify(signed):
+            return self._drop("bad-signature", sender, message.type, now)
+        slot = self._slot(message.seq)
+        votes: dict[int, SignedMessage] = getattr(slot, votes_name)
+        earlier = votes.get(sender)
+        if earlier is not None:
+            if earlier.body == signed.body:
+                return self._drop("duplicate", sender, f"{message.type} seq {message.seq}", now)
+            effects = self._convict(f"conflicting-{message.type}", sender, earlier, signed)
+            return effects + self._drop(f"conflicting-{message.type}", sender, str(message.seq), now)
+        votes[sender] = signed
+        return self._advance(message.seq, now)
+
+    def _advance(self, seq: int, now: float) -> list[Effect]:
+        slot = self._log[seq]
+        effects: list[Effect] = []
+        if slot.pre_prepare is not None and not slot.prepared:
+            if self._matching(slot.prepares, slot.digest) >= 2 * self._f:
+                slot.prepared = True
+                commit = self._sign(
+                    Commit(view=self.view, seq=seq, digest=slot.digest, replica=self.id)
+                )
+                slot.commits[self.id] = commit
+                effects += [Persist("commit", commit), Broadcast(commit)]
+        if slot.prepared and not slot.committed:
+            if self._matching(slot.commits, slot.digest) >= 2 * self._f + 1:
+                slot.committed = True
+                effects += self._execute_ready(now)
+        return effects
+
+    @staticmethod
+    def _matching(votes: dict[int, SignedMessage], digest: bytes) -> int:
+        # Votes are keyed by signer, so this counts distinct members.
+        return sum(1 for vote in votes.values() if vote.message.digest == digest)  # type: ignore[union-attr]
+
+    # -------------------------------------------------------------- execution
+
+    def _execute_ready(self, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        while (slot := self._log.get(self.last_executed + 1)) is not None and slot.committed:
+            effects += self._execute(self.last_executed + 1, slot, now)
+        return effects
+
+    def _execute(self, seq: int, slot: _Slot, now: float) -> list[Effect]:
+        proposal: PrePrepare = slot.pre_prepare.message  # type: ignore[union-attr,assignment]
+        replies: list[Effect] = []
+        requests: list[Request] = []
+        results: list[bytes] = []
+        executed: list[bool] = []
+        for index, signed in enumerate(slot.requests):
+            request: Request = signed.message  # type: ignore[assignment]
+            requests.append(request)
+            self._in_flight.discard((request.client, request.timestamp))
+            record = self._clients.get(request.client)
+            if record is not None and request.timestamp <= record.timestamp:
+                # Ordered twice (or older than the last executed): never execute again.
+                results.append(record.result if request.timestamp == record.timestamp else b"")
+                executed.append(False)
+                continue
+            ctx = ExecutionContext(seq=seq, view=slot.view, timestamp_ms=proposal.timestamp,
+                                   client=request.client, request_timestamp=request.timestamp,
+                                   index=index)
+            try:
+                result = self.app.apply(request.operation, ctx)
+            except Exception:  # noqa: BLE001 - a buggy application must not split the replicas
+                self.stats.dropped["application-exception"] += 1
+                result = APPLICATION_EXCEPTION_RESULT
+            reply = self._sign(ReplyMessage(view=self.view, timestamp=request.timestamp,
+                                            client=request.client, replica=self.id, result=result))
+            self._clients[request.client] = _ClientRecord(request.timestamp, result, reply)
+            replies.append(Reply(request.client, reply))
+            results.append(result)
+            executed.append(True)
+            self.stats.executed_requests += 1
+        self.last_executed = seq
+        self.stats.executed_batches += 1
+        effects: list[Effect] = [
+            Execute(view=slot.view, seq=seq, digest=slot.digest, timestamp=proposal.timestamp,
+                    requests=tuple(requests), results=tuple(results), executed=tuple(executed)),
+            *replies,
+        ]
+        if seq % self.config.checkpoint_interval == 0:
+            effects += self._take_checkpoint(seq, now)
+        return effects
+
+    def _state_digest(self) -> bytes:
+        """Checkpoint digest: the application state plus the reply table (exactly-once state)."""
+        clients = [
+            [client, record.timestamp, record.result]
+            for client, record in sorted(self._clients.items())
+        ]
+        return hashlib.sha256(cbor.encode({"app": self.app.digest(), "clients": clients})).digest()
+
+    # ------------------------------------------------------------ checkpoints
+
+    def _take_checkpoint(self, seq: int, now: float) -> list[Effect]:
+        state_digest = self._state_digest()
+        # Kept for state transfer (next issue) until a later checkpoint becomes stable.
+        self._own_checkpoints[seq] = (state_digest, self.app.snapshot())
+        checkpoint = self._sign(Checkpoint(seq=seq, state_digest=state_digest, replica=self.id))
+        self._checkpoint_votes.setdefault(seq, {})[self.id] = checkpoint
+        return [Persist("checkpoint", checkpoint), Broadcast(checkpoint),
+                *self._check_stable(seq, now)]
+
+    def _on_checkpoint(self, signed: SignedMessage, message: Checkpoint, now: float) -> list[Effect]:
+        sender = message.replica
+        if not self._in_window(message.seq) or message.seq % self.config.checkpoint_interval:
+            return self._drop("out-of-window", sender, f"checkpoint seq {message.seq}", now)
+        if not self._verify(signed):
+            return self._drop("bad-signature", sender, "checkpoint", now)
+        votes = self._checkpoint_votes.setdefault(message.seq, {})
+        earlier = votes.get(sender)
+        if earlier is not None:
+            if earlier.body == signed.body:
+                return self._drop("duplicate", sender, f"checkpoint seq {message.seq}", now)
+            effects = self._convict("conflicting-checkpoint", sender, earlier, signed)
+            return effects + self._drop("conflicting-checkpoint", sender, str(message.seq), now)
+        votes[sender] = signed
+        return self._check_stable(message.seq, now)
+
+    def _check_stable(self, seq: int, now: float) -> list[Effect]:
+        votes = self._checkpoint_votes.get(seq, {})
+        tally = Counter(vote.message.state_digest for vote in votes.values())  # type: ignore[union-attr]
+        certified = next((d for d, count in tally.items() if count >= 2 * self._f + 1), None)
+        if certified is None or seq <= self.low_watermark:
+            return []
+        if self.last_executed < seq:
+            # Certified ahead of us: becomes stable here once we execute up to seq (or,
+            # when we cannot, by state transfer -- next issue).
+            return []
+        own = self._own_checkpoints.get(seq)
+        if own is None or own[0] != certified:
+            self.stats.dropped["checkpoint-divergence"] += 1
+            return []
+        self.low_watermark = seq
+        self.stable_digest = certified
+        self.stable_proof = tuple(
+            vote for vote in votes.values() if vote.message.state_digest == certified  # type: ignore[union-attr]
+        )
+        # Garbage-collect everything at or below the stable checkpoint.
+        for old in [s for s in self._log if s <= seq]:
+            del self._log[old]
+        for old in [s for s in self._checkpoint_votes if s <= seq]:
+            del self._checkpoint_votes[old]
+        for old in [s for s in self._own_checkpoints if s < seq]:
+            del self._own_checkpoints[old]
+        effects: list[Effect] = [CheckpointStable(seq, certified)]
+        if self.is_primary:
+            effects += self._propose_ready(now, flush=False)
+        return effects
+
+    # ---------------------------------------------------------------- helpers
+
+    def _in_window(self, seq: int) -> bool:
+        return self.low_watermark < seq <= self.low_watermark + self.config.log_window
+
+    def _is_member(self, sender: int | str) -> bool:
+        return type(sender) is int and 0 <= sender < self._n
+
+    def _slot(self, seq: int) -> _Slot:
+        slot = self._log.get(seq)
+        if slot is None:
+            slot = self._log[seq] = _Slot(view=self.view)
+        return slot
+
+    def _sign(self, message) -> SignedMessage:  # noqa: ANN001 - any message model
+        self.stats.signatures += 1
+        return sign_message(message, self._key, self._committee_digest)
+
+    def _verify(self, signed: SignedMessage) -> bool:
+        signer = signed.message.signer()
+        if type(signer) is int:
+            public_key = self.committee.member_public_key(signer)
+        else:
+            public_key = self.committee.client_public_key(signer)
+        if public_key is None:
+            return False
+        return self.verifier.verify(
+            public_key, self._committee_digest, signed.type, signed.body, signed.signature
+        )
+
+    def _convict(self, kind: str, culprit: int | str, *proofs: SignedMessage) -> list[Effect]:
+        evidence = Evidence(kind, culprit, tuple(proof.raw for proof in proofs))
+        self.evidence.append(evidence)
+        return [evidence]
+
+    def _drop(self, reason: str, sender: int | str, detail: str, now: float) -> list[Effect]:
+        self.stats.dropped[reason] += 1
+        self.recent_drops.append(DropRecord(reason, sender, detail, now))
+        return []
+
+    # ------------------------------------------------------------- inspection
+
+    def log_size(self) -> int:
+        """Messages held for the window: slots' votes plus checkpoint votes (bounded)."""
+        held = sum(len(s.prepares) + len(s.commits) + (s.pre_prepare is not None)
+                   for s in self._log.values())
+        return held + sum(len(votes) for votes in self._checkpoint_votes.values())
+
+    def state_digest(self) -> bytes:
+        return self._state_digest()
+
+    @property
+    def queued_requests(self) -> int:
+        return len(self._queue)

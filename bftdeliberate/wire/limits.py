@@ -1,0 +1,22 @@
+"""Every wire limit, named once. Byzantine input is checked against these before any
+buffering or state allocation (DESIGN.md section 4)."""
+
+#: Largest encoded message (one signed envelope) accepted from the network.
+MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+#: Length-prefix size of one frame (4-byte big-endian unsigned).
+FRAME_HEADER_SIZE = 4
+#: Largest frame payload; checked from the header before the payload is buffered.
+MAX_FRAME_SIZE = MAX_MESSAGE_SIZE
+#: Deepest container nesting accepted by the canonical CBOR decoder.
+MAX_NESTING_DEPTH = 16
+#: Largest integer magnitude on the wire: CBOR major types 0/1 without bignum tags.
+MAX_UINT = 2**64 - 1
+MIN_INT = -(2**64)
+#: Most client requests carried by one PRE-PREPARE.
+MAX_BATCH_SIZE = 1024
+#: Largest opaque application operation inside one REQUEST.
+MAX_OPERATION_SIZE = 64 * 1024
+#: Largest application result inside one REPLY.
+MAX_RESULT_SIZE = 64 * 1024
+#: Longest identifier string (client ids, committee ids, names).
+MAX_ID_LENGTH = 128

@@ -1,0 +1,45 @@
+"""Shared fixtures: a seeded committee with its keys, and message signing as any principal."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import pytest
+
+from bftdeliberate.committee import Committee, make_committee
+from bftdeliberate.crypto import PrivateKey
+from bftdeliberate.kv import KeyValueStore
+from bftdeliberate.pbft.config import ReplicaConfig
+from bftdeliberate.pbft.replica import Replica
+from bftdeliberate.wire.messages import SignedMessage, sign_message
+
+
+@dataclass
+class Genesis:
+    committee: Committee
+    member_keys: list[PrivateKey]
+    client_keys: dict[str, PrivateKey]
+
+    def sign(self, message, signer: int | str) -> SignedMessage:
+        key = self.member_keys[signer] if isinstance(signer, int) else self.client_keys[signer]
+        return sign_message(message, key, self.committee.digest)
+
+    def replica(self, replica_id: int, config: ReplicaConfig | None = None) -> Replica:
+        return Replica(replica_id, self.committee, self.member_keys[replica_id],
+                       KeyValueStore(), config)
+
+
+def make_genesis(n: int, clients: int = 2, seed: int = 1) -> Genesis:
+    committee, member_keys, client_keys = make_committee(n, clients=clients, rng=random.Random(seed))
+    return Genesis(committee, member_keys, client_keys)
+
+
+@pytest.fixture(scope="session")
+def genesis4() -> Genesis:
+    return make_genesis(4)
+
+
+@pytest.fixture(scope="session")
+def genesis7() -> Genesis:
+    return make_genesis(7)

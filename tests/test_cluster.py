@@ -1,0 +1,129 @@
+"""Whole clusters of production replicas and clients in the deterministic in-process driver."""
+
+from __future__ import annotations
+
+import pytest
+
+from bftdeliberate import kv
+from bftdeliberate.pbft.client import Client
+from bftdeliberate.pbft.config import ReplicaConfig
+from bftdeliberate.pbft.effects import Completed, Reply, Send
+from bftdeliberate.wire import cbor
+from bftdeliberate.wire.messages import Reply as ReplyMessage
+from simulator.cluster import SimCluster
+
+from conftest import make_genesis
+
+# Small K and L so that 1,000 requests cross many checkpoints and the window really binds.
+SMALL_LOG = ReplicaConfig(batch_size=10, batch_delay=0.002, checkpoint_interval=8, log_window=16)
+
+
+def operations(count: int):
+    return (kv.put(f"key-{i % 97}", i.to_bytes(4, "big")) for i in range(count))
+
+
+@pytest.mark.parametrize("n", [4, 7])
+def test_cluster_commits_1000_requests_with_identical_state(n):
+    cluster = SimCluster(n, seed=n, clients=20, config=SMALL_LOG)
+    largest_log = [0]
+
+    def watch_log(_completed) -> None:
+        largest_log[0] = max(largest_log[0], *(r.log_size() for r in cluster.replicas))
+
+    assert cluster.run_workload(operations(1000), on_completed=watch_log)
+    assert len(cluster.completed) == 1000
+    assert len({r.last_executed for r in cluster.replicas}) == 1
+    assert len(set(cluster.state_digests())) == 1
+    assert all(r.stats.executed_requests == 1000 for r in cluster.replicas)
+    # Checkpoints became stable and bounded the log: at most L slots, each with a
+    # pre-prepare, n prepares and n commits, plus the checkpoint votes in the window.
+    config = cluster.config
+    bound = config.log_window * (1 + 2 * n) + (config.log_window // config.checkpoint_interval) * n
+    assert largest_log[0] <= bound
+    for replica in cluster.replicas:
+        assert replica.low_watermark >= replica.last_executed - config.checkpoint_interval
+        assert len(replica.stable_proof) >= 2 * cluster.committee.f + 1
+    assert not cluster.evidence
+
+
+def test_same_seed_same_trace_and_other_seed_other_trace():
+    def run(seed: int) -> str:
+        cluster = SimCluster(4, seed=seed, clients=3, config=SMALL_LOG)
+        assert cluster.run_workload(operations(60))
+        return cluster.trace_digest()
+
+    assert run(11) == run(11)
+    assert run(11) != run(12)
+
+
+def test_client_accepts_only_f_plus_one_matching_verified_replies():
+    g = make_genesis(4)
+    client = Client("client-0", g.client_keys["client-0"], g.committee)
+    (send,) = client.request(kv.get("x"), now=1.0)
+    assert isinstance(send, Send) and send.to == 0
+    timestamp = send.message.message.timestamp
+
+    def reply(replica: int, result: bytes, signer: int | None = None, ts: int = timestamp):
+        message = ReplyMessage(view=0, timestamp=ts, client="client-0", replica=replica,
+                               result=result)
+        return g.sign(message, replica if signer is None else signer).raw
+
+    assert client.receive(0, reply(0, b"good"), 1.1) == []
+    assert client.receive(0, reply(0, b"good"), 1.1) == []  # same replica again: counted once
+    assert client.receive(1, reply(1, b"evil"), 1.1) == []  # different result does not match
+    assert client.receive(2, reply(2, b"good", signer=3), 1.1) == []  # forged
+    assert client.receive(3, reply(2, b"good"), 1.1) == []  # sender is not the signer
+    assert client.receive(2, reply(2, b"good", ts=timestamp - 1), 1.1) == []  # stale
+    (done,) = client.receive(2, reply(2, b"good"), 1.2)
+    assert isinstance(done, Completed) and done.result == b"good" and not client.busy
+    assert client.stats.dropped == {"duplicate": 1, "bad-signature": 1, "sender-mismatch": 1,
+                                    "stale-reply": 1}
+
+
+def test_retransmitted_request_is_answered_from_the_reply_cache_and_executed_once():
+    cluster = SimCluster(4, seed=5, clients=1, config=ReplicaConfig(batch_delay=0.0))
+    lost_replies = []
+
+    def lose_first_replies(sender, receiver, data, message_type):
+        # The network eats every reply of the first attempt: the client must retransmit.
+        if message_type == "reply" and not cluster.clients["client-0"].stats.retransmissions:
+            lost_replies.append(data)
+            return None
+        return data
+
+    cluster.link_filters.append(lose_first_replies)
+    cluster.submit("client-0", kv.put("color", b"blue"))
+    assert cluster.run(until=lambda: len(cluster.completed) == 1, max_time=30.0)
+    client = cluster.clients["client-0"]
+    assert len(lost_replies) == 4 and client.stats.retransmissions == 1
+    assert cbor.decode(cluster.completed[0].result) == {"ok": True, "previous": None}
+    assert all(r.stats.executed_requests == 1 for r in cluster.replicas)
+    # A replayed copy of the request reaches a replica again: the cached reply, no execution.
+    replica = cluster.replicas[2]
+    request_raw = cluster.disks[0][0].message.message.batch[0]
+    effects = replica.receive("client-0", request_raw, cluster.now)
+    assert [type(e) for e in effects] == [Reply]
+    assert effects[0].message.raw == replica._clients["client-0"].reply.raw
+    assert replica.stats.executed_requests == 1
+
+
+def test_replayed_old_messages_change_nothing():
+    cluster = SimCluster(4, seed=9, clients=4, config=SMALL_LOG)
+    recorded: list[tuple[object, object, bytes]] = []
+
+    def record(sender, receiver, data, message_type):
+        if receiver == 1:
+            recorded.append((sender, receiver, data))
+        return data
+
+    cluster.link_filters.append(record)
+    assert cluster.run_workload(operations(200))
+    replica = cluster.replicas[1]
+    before = (replica.state_digest(), replica.last_executed, replica.low_watermark,
+              replica.log_size(), replica.stats.signatures, replica.stats.executed_requests)
+    for sender, _, data in recorded:
+        for effect in replica.receive(sender, data, cluster.now):
+            assert isinstance(effect, Reply)  # at most a cached reply to a retransmission
+    after = (replica.state_digest(), replica.last_executed, replica.low_watermark,
+             replica.log_size(), replica.stats.signatures, replica.stats.executed_requests)
+    assert after == before

@@ -1,0 +1,239 @@
+"""Quorum and acceptance rules of one replica, driven message by message (like the paper)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bftdeliberate import kv
+from bftdeliberate.pbft.config import ReplicaConfig
+from bftdeliberate.pbft.effects import Broadcast, Evidence, Persist, Send
+from bftdeliberate.pbft.replica import batch_digest
+from bftdeliberate.wire.messages import Commit, Prepare, PrePrepare, Request
+
+from conftest import Genesis, make_genesis
+
+NOW = 100.0
+
+
+def request(genesis: Genesis, client: str = "client-0", timestamp: int = 1, key: str = "k"):
+    return genesis.sign(
+        Request(client=client, timestamp=timestamp, operation=kv.put(key, b"v")), client
+    )
+
+
+def pre_prepare(genesis: Genesis, seq: int = 1, view: int = 0, requests=(), digest=None,
+                primary: int = 0, timestamp: int = int(NOW * 1000)):
+    batch = tuple(r.raw for r in requests)
+    return genesis.sign(
+        PrePrepare(view=view, seq=seq, timestamp=timestamp, replica=primary, batch=batch,
+                   digest=digest or batch_digest(timestamp, batch)),
+        primary,
+    )
+
+
+def vote(genesis: Genesis, kind, signer: int, digest: bytes, seq: int = 1, view: int = 0):
+    return genesis.sign(kind(view=view, seq=seq, digest=digest, replica=signer), signer)
+
+
+def broadcasts(effects, message_type: str):
+    return [e for e in effects if isinstance(e, Broadcast) and e.message.type == message_type]
+
+
+def test_backup_prepares_once_and_persists_before_sending(genesis4):
+    backup = genesis4.replica(1)
+    proposal = pre_prepare(genesis4, requests=[request(genesis4)])
+    effects = backup.receive(0, proposal.raw, NOW)
+    assert [type(e) for e in effects] == [Persist, Broadcast]
+    assert effects[0].message is effects[1].message
+    assert effects[1].message.message.digest == proposal.message.digest
+    # The same pre-prepare again is a duplicate: no second prepare, no state change.
+    assert backup.receive(0, proposal.raw, NOW) == []
+    assert backup.stats.dropped["duplicate"] == 1
+
+
+def test_duplicate_prepares_and_commits_from_one_signer_count_once(genesis7):
+    # n = 7, f = 2: prepared needs 2f = 4 matching prepares, committed 2f+1 = 5 commits.
+    g = genesis7
+    backup = g.replica(1)
+    proposal = pre_prepare(g, requests=[request(g)])
+    digest = proposal.message.digest
+    backup.receive(0, proposal.raw, NOW)  # own prepare: 1
+    for _ in range(5):
+        assert backup.receive(2, vote(g, Prepare, 2, digest).raw, NOW) == []
+    assert backup.stats.dropped["duplicate"] == 4
+    assert backup.receive(3, vote(g, Prepare, 3, digest).raw, NOW) == []  # 3 distinct
+    effects = backup.receive(4, vote(g, Prepare, 4, digest).raw, NOW)  # 4 distinct: prepared
+    assert len(broadcasts(effects, "commit")) == 1
+
+    for _ in range(6):
+        backup.receive(0, vote(g, Commit, 0, digest).raw, NOW)
+    backup.receive(2, vote(g, Commit, 2, digest).raw, NOW)
+    backup.receive(3, vote(g, Commit, 3, digest).raw, NOW)
+    assert backup.last_executed == 0  # own + 0 + 2 + 3 = 4 distinct < 5
+    backup.receive(4, vote(g, Commit, 4, digest).raw, NOW)
+    assert backup.last_executed == 1
+
+
+def test_prepare_from_the_primary_never_counts(genesis4):
+    g = genesis4
+    backup = g.replica(1)
+    proposal = pre_prepare(g, requests=[request(g)])
+    digest = proposal.message.digest
+    backup.receive(0, proposal.raw, NOW)
+    assert backup.receive(0, vote(g, Prepare, 0, digest).raw, NOW) == []
+    assert backup.stats.dropped["prepare-from-primary"] == 1
+    effects = backup.receive(2, vote(g, Prepare, 2, digest).raw, NOW)
+    assert len(broadcasts(effects, "commit")) == 1  # own + replica 2 = 2f
+
+
+def test_pre_prepare_whose_digest_does_not_match_its_batch_is_rejected(genesis4):
+    g = genesis4
+    backup = g.replica(1)
+    bad = pre_prepare(g, requests=[request(g)], digest=b"\x00" * 32)
+    effects = backup.receive(0, bad.raw, NOW)
+    assert not broadcasts(effects, "prepare")
+    assert backup.stats.dropped["digest-mismatch"] == 1
+    assert [e.kind for e in effects if isinstance(e, Evidence)] == ["bad-digest"]
+    assert backup.log_size() == 0
+
+
+def test_equivocating_primary_is_convicted_and_only_one_digest_accepted(genesis4):
+    g = genesis4
+    backup = g.replica(1)
+    first = pre_prepare(g, requests=[request(g, key="a")])
+    second = pre_prepare(g, requests=[request(g, key="b")])
+    assert broadcasts(backup.receive(0, first.raw, NOW), "prepare")
+    effects = backup.receive(0, second.raw, NOW)
+    assert not broadcasts(effects, "prepare")
+    (evidence,) = [e for e in effects if isinstance(e, Evidence)]
+    assert evidence.kind == "equivocation" and evidence.culprit == 0
+    assert set(evidence.proofs) == {first.raw, second.raw}
+
+
+def test_message_whose_sender_differs_from_its_signer_is_rejected(genesis4):
+    g = genesis4
+    backup = g.replica(1)
+    backup.receive(0, pre_prepare(g, requests=[request(g)]).raw, NOW)
+    held = backup.log_size()
+    digest = backup._log[1].digest
+    # Replica 3 relays a prepare that replica 2 signed: the transport sender is not the signer.
+    assert backup.receive(3, vote(g, Prepare, 2, digest).raw, NOW) == []
+    assert backup.stats.dropped["sender-mismatch"] == 1
+    # Replica 3 claims to be 2 in the body but signs with its own key: forged.
+    forged = g.sign(Prepare(view=0, seq=1, digest=digest, replica=2), 3)
+    assert backup.receive(2, forged.raw, NOW) == []
+    assert backup.stats.dropped["bad-signature"] == 1
+    # A client cannot speak for a member.
+    assert backup.receive("client-0", vote(g, Prepare, 2, digest).raw, NOW) == []
+    assert backup.stats.dropped["sender-mismatch"] == 2
+    assert backup.log_size() == held
+
+
+def test_flipped_signature_bit_is_dropped_without_state(genesis4):
+    g = genesis4
+    backup = g.replica(1)
+    proposal = pre_prepare(g, requests=[request(g)])
+    tampered = bytearray(proposal.raw)
+    tampered[-1] ^= 0x01  # the signature is the last field of the envelope
+    assert backup.receive(0, bytes(tampered), NOW) == []
+    assert backup.stats.dropped["bad-signature"] == 1
+    assert backup.log_size() == 0
+
+
+def test_out_of_window_sequence_numbers_create_no_state(genesis4):
+    g = genesis4
+    config = ReplicaConfig(checkpoint_interval=4, log_window=8)
+    backup = g.replica(1, config)
+    digest = b"\x11" * 32
+    for seq in (0, 9, 10_000, 2**63 - 1):
+        backup.receive(2, vote(g, Prepare, 2, digest, seq=seq).raw, NOW)
+        backup.receive(2, vote(g, Commit, 2, digest, seq=seq).raw, NOW)
+        backup.receive(0, pre_prepare(g, seq=seq).raw, NOW)
+    assert backup.stats.dropped["out-of-window"] == 12
+    assert backup.log_size() == 0 and backup._log == {}
+    backup.receive(2, vote(g, Prepare, 2, digest, seq=8).raw, NOW)  # h+L is inside
+    assert backup.log_size() == 1
+
+
+def test_batch_with_a_request_from_an_unauthorised_key_is_rejected(genesis4):
+    g = genesis4
+    outsider = make_genesis(4, seed=99)  # same client ids, different keys
+    backup = g.replica(1)
+    proposal = pre_prepare(g, requests=[request(g), request(outsider, client="client-1")])
+    effects = backup.receive(0, proposal.raw, NOW)
+    assert not broadcasts(effects, "prepare")
+    assert backup.stats.dropped["invalid-batch"] == 1
+
+
+def test_pre_prepare_from_a_backup_or_another_view_is_ignored(genesis4):
+    g = genesis4
+    backup = g.replica(1)
+    assert backup.receive(2, pre_prepare(g, primary=2).raw, NOW) == []
+    assert backup.receive(0, pre_prepare(g, view=1).raw, NOW) == []
+    assert backup.stats.dropped["not-primary"] == 1
+    assert backup.stats.dropped["wrong-view"] == 1
+    assert backup.log_size() == 0
+
+
+def test_timestamp_outside_the_skew_bound_is_rejected(genesis4):
+    g = genesis4
+    backup = g.replica(1, ReplicaConfig(timestamp_skew=5.0))
+    late = pre_prepare(g, requests=[request(g)], timestamp=int((NOW - 60) * 1000))
+    assert backup.receive(0, late.raw, NOW) == []
+    assert backup.stats.dropped["timestamp-skew"] == 1
+
+
+def test_request_with_a_forged_signature_is_not_queued(genesis4):
+    g = genesis4
+    primary = g.replica(0, ReplicaConfig(batch_delay=0.0))
+    forged = g.sign(Request(client="client-0", timestamp=1, operation=b""), "client-1")
+    assert primary.receive("client-0", forged.raw, NOW) == []
+    assert primary.stats.dropped["bad-signature"] == 1
+    assert primary.queued_requests == 0
+
+
+def test_primary_batches_up_to_batch_size_then_on_the_timer(genesis4):
+    g = genesis4
+    primary = g.replica(0, ReplicaConfig(batch_size=3, batch_delay=0.01))
+    for ts in (1, 2):
+        assert primary.receive("client-0", request(g, timestamp=ts).raw, NOW) == []
+    assert primary.next_deadline() == NOW + 0.01
+    effects = primary.receive("client-1", request(g, client="client-1").raw, NOW)
+    (proposal,) = broadcasts(effects, "pre-prepare")
+    assert len(proposal.message.message.batch) == 3 and primary.next_deadline() is None
+    primary.receive("client-0", request(g, timestamp=3).raw, NOW)
+    assert primary.handle_timer(NOW + 0.005) == []
+    (proposal,) = broadcasts(primary.handle_timer(NOW + 0.01), "pre-prepare")
+    assert proposal.message.message.seq == 2 and len(proposal.message.message.batch) == 1
+
+
+def test_per_client_queue_is_bounded(genesis4):
+    g = genesis4
+    primary = g.replica(0, ReplicaConfig(batch_size=100, batch_delay=1.0, max_queued_per_client=2))
+    for ts in range(1, 6):
+        primary.receive("client-0", request(g, timestamp=ts).raw, NOW)
+    assert primary.queued_requests == 2
+    assert primary.stats.dropped["client-queue-full"] == 3
+
+
+def test_backup_relays_a_client_request_to_the_primary_once(genesis4):
+    g = genesis4
+    backup = g.replica(2)
+    signed = request(g)
+    (relay,) = backup.receive("client-0", signed.raw, NOW)
+    assert isinstance(relay, Send) and relay.to == 0 and relay.message.raw == signed.raw
+    assert backup.receive("client-0", signed.raw, NOW) == []
+    assert backup.stats.dropped["duplicate-request"] == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=300), sender=st.sampled_from([0, 2, 3, "client-0", "nobody"]))
+def test_arbitrary_bytes_never_crash_a_replica(data, sender):
+    g = _GENESIS
+    backup = g.replica(1)
+    assert backup.receive(sender, data, NOW) == []
+    assert backup.log_size() == 0
+
+
+_GENESIS = make_genesis(4)
