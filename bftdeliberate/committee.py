@@ -13,6 +13,7 @@ import os
 import random
 import re
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -86,7 +87,7 @@ def _plain(value: Any) -> Any:
 class _ManifestModel(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
 
-    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Self:
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         # pydantic's model_copy(update=...) skips validation and keeps private attributes,
         # which would leave derived values (keys, digest) stale: revalidate instead.
         if not update:

@@ -19,7 +19,7 @@ import os
 import random
 from collections import OrderedDict
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -120,6 +120,9 @@ class SignatureBackend(Protocol):
     def public_key(self, seed: bytes) -> bytes: ...
 
 
+_Value = TypeVar("_Value")
+
+
 def _well_formed(public_key: object, signature: object) -> bool:
     return (
         isinstance(public_key, bytes)
@@ -129,7 +132,7 @@ def _well_formed(public_key: object, signature: object) -> bool:
     )
 
 
-def _remember(cache: dict[bytes, object], key: bytes, value: object) -> None:
+def _remember(cache: dict[bytes, _Value], key: bytes, value: _Value) -> None:
     """Insert into a bounded insertion-ordered cache, evicting the oldest entry when full."""
     if len(cache) >= KEY_CACHE_SIZE:
         del cache[next(iter(cache))]
@@ -151,7 +154,7 @@ class NaclBackend:
         secret_key = self._secret_keys.get(seed)
         if secret_key is None:
             _public_key, secret_key = _nacl.crypto_sign_seed_keypair(seed)
-            _remember(self._secret_keys, seed, secret_key)  # type: ignore[arg-type]
+            _remember(self._secret_keys, seed, secret_key)
         return secret_key
 
     def sign(self, seed: bytes, message: bytes) -> bytes:
@@ -184,7 +187,7 @@ class CryptographyBackend:
         key = self._private_keys.get(seed)
         if key is None:
             key = Ed25519PrivateKey.from_private_bytes(seed)
-            _remember(self._private_keys, seed, key)  # type: ignore[arg-type]
+            _remember(self._private_keys, seed, key)
         return key
 
     def _public_key(self, public_key: bytes) -> Ed25519PublicKey | None:
@@ -196,7 +199,7 @@ class CryptographyBackend:
                 key = Ed25519PublicKey.from_public_bytes(public_key)
             except ValueError:
                 key = None
-        _remember(self._public_keys, public_key, key)  # type: ignore[arg-type]
+        _remember(self._public_keys, public_key, key)
         return key
 
     def sign(self, seed: bytes, message: bytes) -> bytes:
@@ -224,7 +227,7 @@ class CryptographyBackend:
 # 18.9k/s with PyNaCl (libsodium) vs 9.8k/s with cryptography (OpenSSL), a 1.92x ratio; sign
 # 50.6k/s vs 31.6k/s. Verification is the throughput ceiling, so PyNaCl is preferred.
 _DEFAULT_PREFERENCE = (PYNACL, CRYPTOGRAPHY)
-_BACKEND_CLASSES: dict[str, type[NaclBackend] | type[CryptographyBackend]] = {
+_BACKEND_CLASSES: dict[str, type[NaclBackend | CryptographyBackend]] = {
     PYNACL: NaclBackend,
     CRYPTOGRAPHY: CryptographyBackend,
 }
@@ -259,7 +262,7 @@ def get_backend(name: str | None = None) -> SignatureBackend:
 class PrivateKey:
     """An Ed25519 signing key (its 32-byte seed) bound to a backend."""
 
-    __slots__ = ("_seed", "_backend", "_public_key")
+    __slots__ = ("_backend", "_public_key", "_seed")
 
     def __init__(self, seed: bytes, backend: SignatureBackend | None = None) -> None:
         if not isinstance(seed, bytes) or len(seed) != SEED_SIZE:
@@ -425,7 +428,7 @@ def public_key_from_ssh(line: str) -> bytes:
     (:func:`is_strict_point`).
     """
     if not isinstance(line, str):
-        raise ValueError(f"an ssh public key line is a string, not {type(line).__name__}")
+        raise TypeError(f"an ssh public key line is a str, not {type(line).__name__}")
     stripped = line.strip()
     if any(char in stripped for char in "\r\n"):
         raise ValueError("an ssh public key is a single line")
@@ -468,7 +471,7 @@ def fingerprint(public_key: bytes) -> str:
     return "SHA256:" + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
-_CacheKey = tuple[bytes, bytes, bytes]
+_CacheKey = tuple[bytes, bytes, bytes]  # (public key, signature, message hash)
 
 
 class Verifier:

@@ -16,9 +16,11 @@ encoding and the decoder accepts exactly those encodings:
   7049 section 3.9). With text keys only, the encoded key header grows with the length,
   so this equals RFC 8949 section 4.2.1 bytewise order of the encoded keys. Mixing key
   types would break that equality: hence text keys only.
-* ``decode`` re-encodes what it parsed and demands the same bytes. That single check
-  refuses non-minimal integers and lengths, unsorted keys, trailing bytes (cbor2's
-  ``loads`` silently ignores them) and any tag that slipped past the hooks.
+* ``decode`` checks the parsed value (types, depth, key order as received), re-encodes it
+  and demands the same bytes. The re-encode refuses non-minimal integers and lengths,
+  trailing bytes (cbor2's ``loads`` silently ignores them) and any tag that slipped past
+  the hooks. It uses plain ``cbor2.dumps``: the key order is already checked, and sorting
+  is most of the cost of ``canonical=True`` (decode: 8.3 -> 6.6 us on a 321-byte message).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ _ERROR_DETAIL_CHARS = 80
 #: Tags that cbor2 6.3 decodes itself (datetimes, bignums, decimals, regular expressions,
 #: sets, shared and string references, self-describe 55799, ...) *before* ``tag_hook``
 #: could see them. Found by probing tags 0..69999 (tests/test_cbor.py repeats the probe
-#: against the installed cbor2). Each one is overridden with a decoder that refuses it, so no
+#: against the installed cbor2). Each is overridden with a decoder that refuses it, so no
 #: semantic decoding (e.g. compiling a peer-chosen regular expression, tag 35) ever runs.
 #: Any tag missed here is still refused by the canonical re-encode check.
 _CBOR2_BUILTIN_TAGS = (
@@ -102,15 +104,16 @@ def _check(value: Any, depth_left: int, keys_in_order: bool) -> None:
     if kind is dict:
         if depth_left == 0:
             raise _Refused("nesting too deep")
-        previous_key = b""
+        previous_key: bytes | None = None
         for key, item in value.items():
             if type(key) is not str:
                 raise _Refused(f"map key of type {type(key).__name__}")
             if keys_in_order:
                 # cbor2's canonical order: shorter encoded key first, then bytewise.
                 encoded_key = key.encode()
-                if len(encoded_key) < len(previous_key) or (
-                    len(encoded_key) == len(previous_key) and encoded_key <= previous_key
+                if previous_key is not None and (
+                    len(encoded_key) < len(previous_key)
+                    or (len(encoded_key) == len(previous_key) and encoded_key <= previous_key)
                 ):
                     raise _Refused("map keys out of canonical order")
                 previous_key = encoded_key
