@@ -1,0 +1,100 @@
+"""Message schemas and the signed envelope: round trips and structural rejection."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bftdeliberate.errors import DecodeError
+from bftdeliberate.wire import cbor
+from bftdeliberate.wire.limits import MAX_BATCH_SIZE, MAX_ID_LENGTH
+from bftdeliberate.wire.messages import (
+    MAX_COUNTER,
+    MAX_REPLICA_ID,
+    Checkpoint,
+    Commit,
+    Prepare,
+    PrePrepare,
+    Reply,
+    Request,
+    decode_body,
+    decode_envelope,
+    encode_body,
+    message_json_schema,
+    sign_message,
+)
+
+from conftest import make_genesis
+
+GENESIS = make_genesis(4)
+counters = st.integers(min_value=0, max_value=MAX_COUNTER)
+replica_ids = st.integers(min_value=0, max_value=MAX_REPLICA_ID)
+digests = st.binary(min_size=32, max_size=32)
+client_ids = st.text(min_size=1, max_size=MAX_ID_LENGTH)
+
+MESSAGES = st.one_of(
+    st.builds(Request, client=client_ids, timestamp=counters, operation=st.binary(max_size=256)),
+    st.builds(PrePrepare, view=counters, seq=counters, digest=digests, timestamp=counters,
+              replica=replica_ids, batch=st.lists(st.binary(max_size=64), max_size=8).map(tuple)),
+    st.builds(Prepare, view=counters, seq=counters, digest=digests, replica=replica_ids),
+    st.builds(Commit, view=counters, seq=counters, digest=digests, replica=replica_ids),
+    st.builds(Reply, view=counters, timestamp=counters, client=client_ids, replica=replica_ids,
+              result=st.binary(max_size=256)),
+    st.builds(Checkpoint, seq=counters, state_digest=digests, replica=replica_ids),
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(message=MESSAGES)
+def test_every_message_type_round_trips_through_body_and_envelope(message):
+    body = encode_body(message)
+    assert decode_body(body) == message
+    signed = sign_message(message, GENESIS.member_keys[0], GENESIS.committee.digest)
+    decoded = decode_envelope(signed.raw)
+    assert decoded.message == message
+    assert decoded.body == body and decoded.signature == signed.signature
+    assert cbor.encode({"body": decoded.body, "sig": decoded.signature}) == signed.raw
+
+
+@pytest.mark.parametrize("fields, reason", [
+    ({"type": "prepare", "view": 0, "seq": 1, "digest": b"x" * 31, "replica": 0}, "digest"),
+    ({"type": "prepare", "view": -1, "seq": 1, "digest": b"x" * 32, "replica": 0}, "view"),
+    ({"type": "prepare", "view": 0, "seq": 2**63, "digest": b"x" * 32, "replica": 0}, "seq"),
+    ({"type": "prepare", "view": 0, "seq": 1, "digest": b"x" * 32, "replica": True}, "replica"),
+    ({"type": "prepare", "view": 0, "seq": 1, "digest": b"x" * 32, "replica": 0, "x": 1}, "x"),
+    ({"type": "prepare", "view": 0, "seq": 1, "digest": b"x" * 32}, "replica"),
+    ({"type": "vote", "view": 0}, "type"),
+    ({"type": "request", "client": "c", "timestamp": 1, "operation": "text"}, "operation"),
+    ({"type": "request", "client": "", "timestamp": 1, "operation": b""}, "client"),
+    ({"type": "pre-prepare", "view": 0, "seq": 1, "digest": b"x" * 32, "timestamp": 0,
+      "replica": 0, "batch": [b""] * (MAX_BATCH_SIZE + 1)}, "batch"),
+    ({"type": "pre-prepare", "view": 0, "seq": 1, "digest": b"x" * 32, "timestamp": 0,
+      "replica": 0, "batch": ["not bytes"]}, "batch"),
+])
+def test_schema_violations_are_decode_errors(fields, reason):
+    with pytest.raises(DecodeError, match=reason):
+        decode_body(cbor.encode(fields))
+
+
+def test_envelope_structure_is_strict():
+    signed = sign_message(Prepare(view=0, seq=1, digest=b"d" * 32, replica=1),
+                          GENESIS.member_keys[1], GENESIS.committee.digest)
+    for envelope in (
+        {"body": signed.body},
+        {"body": signed.body, "sig": signed.signature, "from": 1},
+        {"body": signed.body, "sig": signed.signature[:63]},
+        {"body": "text", "sig": signed.signature},
+        [signed.body, signed.signature],
+    ):
+        with pytest.raises(DecodeError):
+            decode_envelope(cbor.encode(envelope))
+    with pytest.raises(DecodeError):  # the body must itself be canonical: an integer padded
+        decode_envelope(cbor.encode({"body": signed.body + b"\x00", "sig": signed.signature}))
+
+
+def test_json_schema_names_every_message_type():
+    schema = message_json_schema()
+    assert {"Request", "PrePrepare", "Prepare", "Commit", "Reply", "Checkpoint"} <= set(
+        schema["$defs"]
+    )
