@@ -31,8 +31,10 @@ DEFAULT_BATCHES = (1, 10, 100)
 DEFAULT_REQUESTS = 2000
 #: Clients per batch slot: two full batches are always waiting, so every batch is full.
 CLIENTS_PER_BATCH = 2
-#: Verifications timed to measure the backend's rate in this run.
-VERIFY_RATE_SAMPLES = 3000
+#: Verifications per timed round, and rounds (the best round counts: the other core may be
+#: busy, and the best round is the conservative, i.e. highest, ceiling).
+VERIFY_RATE_SAMPLES = 1000
+VERIFY_RATE_ROUNDS = 5
 CHECKPOINT_INTERVAL = 64
 LOG_WINDOW = 256
 MESSAGE_TYPES = ("request", "pre-prepare", "prepare", "commit", "reply", "checkpoint")
@@ -57,11 +59,14 @@ def measure_verify_rate(backend_name: str | None, samples: int = VERIFY_RATE_SAM
     committee_digest = b"c" * 32
     payloads = [signing_payload(committee_digest, "prepare", os.urandom(160)) for _ in range(64)]
     signed = [(key.sign_raw(payload), payload) for payload in payloads]
-    started = time.perf_counter()
-    for i in range(samples):
-        signature, payload = signed[i % len(signed)]
-        backend.verify(key.public_key, signature, payload)
-    return samples / (time.perf_counter() - started)
+    best = float("inf")
+    for _ in range(VERIFY_RATE_ROUNDS):
+        started = time.perf_counter()
+        for i in range(samples):
+            signature, payload = signed[i % len(signed)]
+            backend.verify(key.public_key, signature, payload)
+        best = min(best, time.perf_counter() - started)
+    return samples / best
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -79,7 +84,7 @@ def run_one(n: int, batch: int, requests: int, backend_name: str | None, seed: i
     clients = max(1, CLIENTS_PER_BATCH * batch)
     cluster = SimCluster(n, seed=seed, clients=clients, config=config,
                          profile=LinkProfile(base_delay=0.0, jitter=0.0),
-                         backend=get_backend(backend_name))
+                         backend=get_backend(backend_name), cpu_clock=time.perf_counter)
     last_done: dict[str, float] = {}
     latencies: list[float] = []
     started = time.perf_counter()
@@ -105,7 +110,9 @@ def run_one(n: int, batch: int, requests: int, backend_name: str | None, seed: i
     measured = {t: traffic.messages[t] / batches for t in MESSAGE_TYPES}
     verifies_per_op = replica_verifies / (n * requests)
     verify_bound = verify_rate / (n * verifies_per_op)
-    ops_per_s = requests / elapsed
+    # The n replicas' own work, as if they shared one core with nothing else; clients and the
+    # event loop are reported separately (on a real deployment they are other processes).
+    ops_per_s = requests / cluster.cpu_seconds["replicas"]
     latencies.sort()
     key = lambda t: t.replace("-", "_")  # noqa: E731 - JSON keys use underscores
     return {
@@ -116,6 +123,10 @@ def run_one(n: int, batch: int, requests: int, backend_name: str | None, seed: i
         "clients": clients,
         "batches": batches,
         "ops_per_s": round(ops_per_s, 1),
+        "end_to_end_ops_per_s": round(requests / elapsed, 1),
+        "cpu_seconds": {"replicas": round(cluster.cpu_seconds["replicas"], 4),
+                        "clients": round(cluster.cpu_seconds["clients"], 4),
+                        "total_wall": round(elapsed, 4)},
         "latency_ms": {
             "p50": round(percentile(latencies, 0.50) * 1000, 3),
             "p90": round(percentile(latencies, 0.90) * 1000, 3),
@@ -153,8 +164,11 @@ def run(ns: list[int], batches: list[int], requests: int, backend_name: str | No
         "verify_rate_per_s": round(verify_rate, 1),
         "python": sys.version.split()[0],
         "cpu_count": os.cpu_count(),
-        "notes": "signs_per_op and verifies_per_op are per replica; messages count only what "
-                 "crosses the network; latency is wall clock with all replicas on one core",
+        "notes": "ops_per_s: requests / seconds spent inside the n replicas (all on one core); "
+                 "end_to_end_ops_per_s also pays the clients (sign requests, verify f+1 "
+                 "replies) and the event loop; signs_per_op and verifies_per_op are per "
+                 "replica; messages count only what crosses the network; latency is wall "
+                 "clock in the closed loop",
         "results": results,
     }
 

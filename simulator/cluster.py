@@ -92,6 +92,7 @@ class SimCluster:
         profile: LinkProfile | None = None,
         backend: SignatureBackend | None = None,
         app_factory: Callable[[], StateMachine] = KeyValueStore,
+        cpu_clock: Callable[[], float] | None = None,
     ) -> None:
         self.seed = seed
         master = random.Random(seed)
@@ -124,6 +125,10 @@ class SimCluster:
         self.stable_checkpoints: dict[int, list[int]] = {i: [] for i in range(n)}
         self.completed: list[CompletedRequest] = []
         self.events_processed = 0
+        # Optional wall-clock accounting for benchmarks (never affects the run): seconds
+        # spent inside replica code vs. client code.
+        self._cpu_clock = cpu_clock
+        self.cpu_seconds: Counter[str] = Counter()
         # Oracles' memory: the digest agreed at each seq, and executions per (client, ts).
         self._agreed: dict[int, bytes] = {}
         self._executions: Counter[tuple[int, str, int]] = Counter()
@@ -142,7 +147,10 @@ class SimCluster:
     def submit(self, client_id: str, operation: bytes) -> None:
         """Have ``client_id`` send ``operation`` now."""
         client = self.clients[client_id]
+        started = self._cpu_clock() if self._cpu_clock else 0.0
         effects = client.request(operation, self.now)
+        if self._cpu_clock:
+            self.cpu_seconds["clients"] += self._cpu_clock() - started
         self._submitted_at[(client_id, client.last_timestamp)] = self.now
         self._perform(client_id, effects)
 
@@ -221,15 +229,19 @@ class SimCluster:
         self.events_processed += 1
         self._trace.update(f"{self.now:.9f}|{kind}|{node}|{sender}|".encode())
         self._trace.update(hashlib.sha256(data).digest())
+        if kind == "timer" and self._timer_at.get(node) != self.now:
+            return  # superseded by a re-armed timer
+        started = self._cpu_clock() if self._cpu_clock else 0.0
         if kind == "timer":
-            if self._timer_at.get(node) != self.now:
-                return  # superseded by a re-armed timer
             self._timer_at[node] = None
             effects = self._node(node).handle_timer(self.now)
         elif type(node) is int:
             effects = self.replicas[node].receive(sender, data, self.now)
         else:
             effects = self.clients[node].receive(sender, data, self.now)  # type: ignore[arg-type]
+        if self._cpu_clock:
+            self.cpu_seconds["replicas" if type(node) is int else "clients"] += (
+                self._cpu_clock() - started)
         self._perform(node, effects)
 
     def _node(self, node: Node) -> Replica | Client:

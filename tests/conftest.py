@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import settings
 
 from bftdeliberate.committee import Committee, make_committee
 from bftdeliberate.crypto import PrivateKey
@@ -13,6 +14,11 @@ from bftdeliberate.kv import KeyValueStore
 from bftdeliberate.pbft.config import ReplicaConfig
 from bftdeliberate.pbft.replica import Replica
 from bftdeliberate.wire.messages import SignedMessage, sign_message
+
+
+# Property tests are part of the deterministic suite: the same examples on every run.
+settings.register_profile("deterministic", derandomize=True, deadline=None, database=None)
+settings.load_profile("deterministic")
 
 
 @dataclass

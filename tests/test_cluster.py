@@ -9,7 +9,7 @@ from bftdeliberate.pbft.client import Client
 from bftdeliberate.pbft.config import ReplicaConfig
 from bftdeliberate.pbft.effects import Completed, Reply, Send
 from bftdeliberate.wire import cbor
-from bftdeliberate.wire.messages import Reply as ReplyMessage
+from bftdeliberate.pbft.replies import sign_replies
 from simulator.cluster import SimCluster
 
 from conftest import make_genesis
@@ -64,9 +64,10 @@ def test_client_accepts_only_f_plus_one_matching_verified_replies():
     timestamp = send.message.message.timestamp
 
     def reply(replica: int, result: bytes, signer: int | None = None, ts: int = timestamp):
-        message = ReplyMessage(view=0, timestamp=ts, client="client-0", replica=replica,
-                               result=result)
-        return g.sign(message, replica if signer is None else signer).raw
+        key = g.member_keys[replica if signer is None else signer]
+        (signed,) = sign_replies(key, g.committee.digest, view=0, seq=1, replica=replica,
+                                 executed=[("client-0", ts, result)])
+        return signed.raw
 
     assert client.receive(0, reply(0, b"good"), 1.1) == []
     assert client.receive(0, reply(0, b"good"), 1.1) == []  # same replica again: counted once

@@ -12,6 +12,7 @@ from bftdeliberate.wire.limits import MAX_BATCH_SIZE, MAX_ID_LENGTH
 from bftdeliberate.wire.messages import (
     MAX_COUNTER,
     MAX_REPLICA_ID,
+    MAX_REPLY_PATH_LENGTH,
     Checkpoint,
     Commit,
     Prepare,
@@ -39,8 +40,10 @@ MESSAGES = st.one_of(
               replica=replica_ids, batch=st.lists(st.binary(max_size=64), max_size=8).map(tuple)),
     st.builds(Prepare, view=counters, seq=counters, digest=digests, replica=replica_ids),
     st.builds(Commit, view=counters, seq=counters, digest=digests, replica=replica_ids),
-    st.builds(Reply, view=counters, timestamp=counters, client=client_ids, replica=replica_ids,
-              result=st.binary(max_size=256)),
+    st.builds(Reply, view=counters, seq=counters, timestamp=counters, client=client_ids,
+              replica=replica_ids, result=st.binary(max_size=256),
+              index=st.integers(0, MAX_BATCH_SIZE - 1), size=st.integers(1, MAX_BATCH_SIZE),
+              path=st.lists(digests, max_size=MAX_REPLY_PATH_LENGTH).map(tuple)),
     st.builds(Checkpoint, seq=counters, state_digest=digests, replica=replica_ids),
 )
 
@@ -49,6 +52,7 @@ MESSAGES = st.one_of(
 @given(message=MESSAGES)
 def test_every_message_type_round_trips_through_body_and_envelope(message):
     body = encode_body(message)
+    assert body == cbor.encode(message.model_dump())  # the fast path is the canonical codec
     assert decode_body(body) == message
     signed = sign_message(message, GENESIS.member_keys[0], GENESIS.committee.digest)
     decoded = decode_envelope(signed.raw)
@@ -98,3 +102,41 @@ def test_json_schema_names_every_message_type():
     assert {"Request", "PrePrepare", "Prepare", "Commit", "Reply", "Checkpoint"} <= set(
         schema["$defs"]
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.one_of(st.binary(max_size=300),
+                     st.integers(65530, 65560).map(lambda size: b"\x07" * size)),
+       signature=st.binary(min_size=64, max_size=64))
+def test_hand_built_envelope_equals_the_general_codec(body, signature):
+    from bftdeliberate.wire.messages import _split_envelope, encode_envelope
+
+    raw = encode_envelope(body, signature)
+    assert raw == cbor.encode({"body": body, "sig": signature})
+    assert _split_envelope(raw) == (body, signature)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(data=st.binary(max_size=400))
+def test_random_bytes_never_raise_anything_but_decode_error_from_the_envelope(data):
+    try:
+        decode_envelope(data)
+    except DecodeError:
+        pass
+
+
+@settings(max_examples=500, deadline=None)
+@given(message=MESSAGES, position=st.integers(min_value=0), flip=st.integers(1, 255),
+       cut=st.integers(min_value=0))
+def test_mutated_envelopes_are_rejected_or_parse_to_a_consistent_message(message, position,
+                                                                         flip, cut):
+    raw = bytearray(sign_message(message, GENESIS.member_keys[0], GENESIS.committee.digest).raw)
+    raw[position % len(raw)] ^= flip
+    for candidate in (bytes(raw), bytes(raw[: cut % len(raw)])):
+        try:
+            decoded = decode_envelope(candidate)
+        except DecodeError:
+            continue
+        # Whatever parses is canonical: re-encoding it gives the same bytes.
+        assert cbor.encode({"body": decoded.body, "sig": decoded.signature}) == candidate
+        assert encode_body(decoded.message) == decoded.body

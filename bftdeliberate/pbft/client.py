@@ -17,6 +17,7 @@ from bftdeliberate.crypto import PrivateKey, Verifier
 from bftdeliberate.errors import DecodeError, LocalError
 from bftdeliberate.pbft.config import DEFAULT_CLIENT_MAX_RETRANSMIT, DEFAULT_CLIENT_RETRANSMIT
 from bftdeliberate.pbft.effects import Broadcast, Completed, Effect, Send
+from bftdeliberate.pbft.replies import verify_reply
 from bftdeliberate.wire.messages import Reply, Request, SignedMessage, decode_envelope, sign_message
 
 
@@ -59,6 +60,8 @@ class Client:
         self.view = 0  # best guess of the current view, learnt from accepted replies
         self.stats = ClientStats()
         self._key = key
+        self._committee_digest = committee.digest
+        self._member_keys = {m.id: m.public_key_bytes for m in committee.members}
         self._retransmit_timeout = retransmit_timeout
         self._max_retransmit_timeout = max_retransmit_timeout
         self._last_timestamp = 0
@@ -83,7 +86,7 @@ class Client:
         signed = sign_message(
             Request(client=self.id, timestamp=timestamp, operation=operation),
             self._key,
-            self.committee.digest,
+            self._committee_digest,
         )
         self._outstanding = _Outstanding(
             signed, timestamp, now + self._retransmit_timeout, self._retransmit_timeout
@@ -107,9 +110,9 @@ class Client:
             return self._drop("stale-reply")  # late replies after completion land here unverified
         if sender in pending.replies:
             return self._drop("duplicate")
-        public_key = self.committee.member_public_key(sender)
-        if public_key is None or not self.verifier.verify(
-            public_key, self.committee.digest, "reply", signed.body, signed.signature
+        public_key = self._member_keys.get(sender)
+        if public_key is None or not verify_reply(
+            signed, public_key, self._committee_digest, self.verifier
         ):
             return self._drop("bad-signature")
         pending.replies[sender] = (reply.result, reply.view)

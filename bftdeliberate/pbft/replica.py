@@ -46,6 +46,7 @@ from bftdeliberate.pbft.effects import (
     Reply,
     Send,
 )
+from bftdeliberate.pbft.replies import sign_replies
 from bftdeliberate.wire import cbor
 from bftdeliberate.wire.messages import (
     Checkpoint,
@@ -90,7 +91,7 @@ class _ClientRecord:
 
     timestamp: int
     result: bytes
-    reply: SignedMessage
+    reply: SignedMessage | None  # None only while its batch is being signed
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,9 @@ class Replica:
         self.verifier = verifier or Verifier(key.backend)
         self._f = committee.f
         self._n = committee.n
+        # Key lookups on every verification: plain dicts, built once from the manifest.
+        self._member_keys = {m.id: m.public_key_bytes for m in committee.members}
+        self._client_keys = {c.id: c.public_key_bytes for c in committee.clients}
 
         self.view = 0
         self.low_watermark = 0  # h: seq of the last stable checkpoint
@@ -228,7 +232,7 @@ class Replica:
             return self._drop("bad-signature", request.client, "request", now)
         record = self._clients.get(request.client)
         if record is not None and request.timestamp <= record.timestamp:
-            if request.timestamp == record.timestamp and not relayed:
+            if request.timestamp == record.timestamp and not relayed and record.reply:
                 # A retransmission of an executed request: answer from the reply cache.
                 return [Reply(request.client, record.reply)]
             return self._drop("stale-request", request.client, str(request.timestamp), now)
@@ -417,10 +421,10 @@ class Replica:
 
     def _execute(self, seq: int, slot: _Slot, now: float) -> list[Effect]:
         proposal: PrePrepare = slot.pre_prepare.message  # type: ignore[union-attr,assignment]
-        replies: list[Effect] = []
         requests: list[Request] = []
         results: list[bytes] = []
         executed: list[bool] = []
+        fresh: list[tuple[str, int, bytes]] = []
         for index, signed in enumerate(slot.requests):
             request: Request = signed.message  # type: ignore[assignment]
             requests.append(request)
@@ -439,10 +443,10 @@ class Replica:
             except Exception:  # noqa: BLE001 - a buggy application must not split the replicas
                 self.stats.dropped["application-exception"] += 1
                 result = APPLICATION_EXCEPTION_RESULT
-            reply = self._sign(ReplyMessage(view=self.view, timestamp=request.timestamp,
-                                            client=request.client, replica=self.id, result=result))
-            self._clients[request.client] = _ClientRecord(request.timestamp, result, reply)
-            replies.append(Reply(request.client, reply))
+            # Provisional record (reply filled in below) so a later request of the same
+            # client in this very batch sees this one as executed.
+            self._clients[request.client] = _ClientRecord(request.timestamp, result, None)
+            fresh.append((request.client, request.timestamp, result))
             results.append(result)
             executed.append(True)
             self.stats.executed_requests += 1
@@ -451,8 +455,16 @@ class Replica:
         effects: list[Effect] = [
             Execute(view=slot.view, seq=seq, digest=slot.digest, timestamp=proposal.timestamp,
                     requests=tuple(requests), results=tuple(results), executed=tuple(executed)),
-            *replies,
         ]
+        if fresh:
+            self.stats.signatures += 1
+            for reply in sign_replies(self._key, self._committee_digest, view=self.view, seq=seq,
+                                      replica=self.id, executed=fresh):
+                message: ReplyMessage = reply.message  # type: ignore[assignment]
+                record = self._clients[message.client]
+                if record.timestamp == message.timestamp:
+                    record.reply = reply
+                effects.append(Reply(message.client, reply))
         if seq % self.config.checkpoint_interval == 0:
             effects += self._take_checkpoint(seq, now)
         return effects
@@ -544,9 +556,9 @@ class Replica:
     def _verify(self, signed: SignedMessage) -> bool:
         signer = signed.message.signer()
         if type(signer) is int:
-            public_key = self.committee.member_public_key(signer)
+            public_key = self._member_keys.get(signer)
         else:
-            public_key = self.committee.client_public_key(signer)
+            public_key = self._client_keys.get(signer)
         if public_key is None:
             return False
         return self.verifier.verify(

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Literal, Union
 
+import cbor2
 from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, ValidationError
 
 from bftdeliberate.errors import DecodeError, LocalError
@@ -40,6 +41,8 @@ MAX_COUNTER = 2**63 - 1
 MAX_REPLICA_ID = 1023
 DIGEST_SIZE = 32
 SIGNATURE_SIZE = 64
+#: Longest Merkle audit path of a batch-signed REPLY (a tree over at most MAX_BATCH_SIZE leaves).
+MAX_REPLY_PATH_LENGTH = (MAX_BATCH_SIZE - 1).bit_length()
 
 Counter = Annotated[int, Field(ge=0, le=MAX_COUNTER)]
 ReplicaId = Annotated[int, Field(ge=0, le=MAX_REPLICA_ID)]
@@ -113,12 +116,23 @@ class Commit(_Message):
 
 
 class Reply(_Message):
+    """The result of one request, batch-signed: the envelope's signature covers the Merkle
+    root of all replies of batch ``seq`` (see ``pbft/replies.py``); ``index``, ``size`` and
+    ``path`` prove this reply's place in it."""
+
     type: Literal["reply"] = "reply"
     view: Counter
+    seq: Counter
     timestamp: Counter
     client: ClientId
     replica: ReplicaId
     result: Annotated[bytes, Field(max_length=MAX_RESULT_SIZE)]
+    index: Annotated[int, Field(ge=0, lt=MAX_BATCH_SIZE)]
+    size: Annotated[int, Field(ge=1, le=MAX_BATCH_SIZE)]
+    path: Annotated[
+        tuple[Annotated[bytes, Strict(), Field(min_length=DIGEST_SIZE, max_length=DIGEST_SIZE)], ...],
+        Field(strict=False, max_length=MAX_REPLY_PATH_LENGTH),
+    ]
 
     def signer(self) -> int:
         return self.replica
@@ -141,7 +155,12 @@ Message = Annotated[
 ]
 MESSAGE_TYPES: tuple[type[_Message], ...] = (Request, PrePrepare, Prepare, Commit, Reply, Checkpoint)
 _MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
-_ENVELOPE_KEYS = frozenset({"body", "sig"})
+# The envelope is a fixed-shape canonical map, on the path of every message, so it is built
+# and parsed by hand; the general codec yields the very same bytes (tests check both ways).
+# Canonical key order is length-first: "sig" before "body".
+_ENVELOPE_PREFIX = b"\xa2\x63sig\x58\x40"  # map(2), text "sig", bytes(64)
+_BODY_KEY = b"\x64body"  # text "body"
+_BODY_HEADER_AT = len(_ENVELOPE_PREFIX) + SIGNATURE_SIZE + len(_BODY_KEY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +177,24 @@ class SignedMessage:
         return self.message.type
 
 
+def _canonical_order(model: type[_Message]) -> tuple[str, ...]:
+    # cbor2's canonical map order for text keys: shorter UTF-8 first, then bytewise.
+    return tuple(sorted(model.model_fields, key=lambda name: (len(name.encode()), name.encode())))
+
+
+_FIELD_ORDER: dict[type, tuple[str, ...]] = {model: _canonical_order(model) for model in MESSAGE_TYPES}
+
+
 def encode_body(message: _Message) -> bytes:
-    """Canonical CBOR bytes of a message body (what is signed)."""
-    return cbor.encode(message.model_dump())
+    """Canonical CBOR bytes of a message body (what is signed).
+
+    Hot path (every signed message): a validated model holds only codec-safe values (strict
+    schema: bounded ints, bytes, text, tuples of bytes), so its fields are written in the
+    precomputed canonical key order by plain ``cbor2.dumps`` -- the same bytes as
+    ``cbor.encode(message.model_dump())`` (tested) at a third of the cost.
+    """
+    fields = message.__dict__
+    return cbor2.dumps({name: fields[name] for name in _FIELD_ORDER[type(message)]})
 
 
 def sign_message(message: _Message, key: PrivateKey, committee_digest: bytes) -> SignedMessage:
@@ -169,8 +203,56 @@ def sign_message(message: _Message, key: PrivateKey, committee_digest: bytes) ->
     if len(body) + SIGNATURE_SIZE + 32 > MAX_MESSAGE_SIZE:
         raise LocalError(f"{message.type} message of {len(body)} bytes exceeds MAX_MESSAGE_SIZE")
     signature = key.sign(committee_digest, message.type, body)
-    raw = cbor.encode({"body": body, "sig": signature})
+    raw = encode_envelope(body, signature)
     return SignedMessage(body=body, signature=signature, message=message, raw=raw)  # type: ignore[arg-type]
+
+
+def encode_envelope(body: bytes, signature: bytes) -> bytes:
+    """Canonical CBOR of ``{"body": body, "sig": signature}``."""
+    if len(signature) != SIGNATURE_SIZE:
+        raise LocalError("a signature is 64 bytes")
+    size = len(body)
+    if size < 24:
+        header = bytes((0x40 + size,))
+    elif size < 0x100:
+        header = bytes((0x58, size))
+    elif size < 0x10000:
+        header = b"\x59" + size.to_bytes(2, "big")
+    else:
+        header = b"\x5a" + size.to_bytes(4, "big")
+    return b"".join((_ENVELOPE_PREFIX, signature, _BODY_KEY, header, body))
+
+
+def _split_envelope(data: bytes) -> tuple[bytes, bytes]:
+    if type(data) is not bytes:
+        raise LocalError(f"envelope must be bytes, not {type(data).__name__}")
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise DecodeError(f"message of {len(data)} bytes exceeds the limit of {MAX_MESSAGE_SIZE}")
+    at = _BODY_HEADER_AT
+    if (
+        len(data) <= at
+        or not data.startswith(_ENVELOPE_PREFIX)
+        or data[at - len(_BODY_KEY):at] != _BODY_KEY
+    ):
+        raise DecodeError("envelope must be the canonical map {'body': bytes, 'sig': 64 bytes}")
+    initial = data[at]
+    # Definite-length byte string with the shortest length form (canonical).
+    if 0x40 <= initial < 0x58:
+        size, start, smallest = initial - 0x40, at + 1, 0
+    elif initial == 0x58:
+        size, start, smallest = int.from_bytes(data[at + 1:at + 2], "big"), at + 2, 24
+    elif initial == 0x59:
+        size, start, smallest = int.from_bytes(data[at + 1:at + 3], "big"), at + 3, 0x100
+    elif initial == 0x5A:
+        size, start, smallest = int.from_bytes(data[at + 1:at + 5], "big"), at + 5, 0x10000
+    else:
+        raise DecodeError("envelope 'body' must be a definite-length byte string")
+    if size < smallest:
+        raise DecodeError("envelope body length is not minimally encoded")
+    if start + size != len(data):
+        raise DecodeError("envelope body length does not match the message size")
+    signature_at = len(_ENVELOPE_PREFIX)
+    return data[start:], data[signature_at:signature_at + SIGNATURE_SIZE]
 
 
 def decode_envelope(data: bytes) -> SignedMessage:
@@ -179,12 +261,7 @@ def decode_envelope(data: bytes) -> SignedMessage:
     Raises ``DecodeError`` (and nothing else) for anything that is not a canonical,
     schema-valid envelope of this protocol.
     """
-    outer = cbor.decode(data)
-    if type(outer) is not dict or outer.keys() != _ENVELOPE_KEYS:
-        raise DecodeError("envelope must be a map with exactly 'body' and 'sig'")
-    body, signature = outer["body"], outer["sig"]
-    if type(body) is not bytes or type(signature) is not bytes or len(signature) != SIGNATURE_SIZE:
-        raise DecodeError("envelope 'body' must be bytes and 'sig' 64 bytes")
+    body, signature = _split_envelope(data)
     return SignedMessage(body=body, signature=signature, message=decode_body(body), raw=data)
 
 
