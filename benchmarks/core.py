@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from bftdeliberate import kv
-from bftdeliberate.crypto import PrivateKey, get_backend, signing_payload
+from bftdeliberate.crypto import PrivateKey, available_backends, get_backend, signing_payload
 from bftdeliberate.pbft.config import ReplicaConfig
 from simulator.cluster import CompletedRequest, LinkProfile, SimCluster
 
@@ -67,6 +67,29 @@ def measure_verify_rate(backend_name: str | None, samples: int = VERIFY_RATE_SAM
             backend.verify(key.public_key, signature, payload)
         best = min(best, time.perf_counter() - started)
     return samples / best
+
+
+def measure_sign_rate(backend_name: str | None, samples: int = VERIFY_RATE_SAMPLES) -> float:
+    """Ed25519 signatures per second on this core."""
+    backend = get_backend(backend_name)
+    seed = bytes(range(32))
+    payload = signing_payload(b"c" * 32, "prepare", os.urandom(160))
+    best = float("inf")
+    for _ in range(VERIFY_RATE_ROUNDS):
+        started = time.perf_counter()
+        for _ in range(samples):
+            backend.sign(seed, payload)
+        best = min(best, time.perf_counter() - started)
+    return samples / best
+
+
+def backend_rates() -> dict[str, dict[str, float]]:
+    """Verify and sign rates of every installed backend, measured now (the choice's basis)."""
+    return {
+        name: {"verify_per_s": round(measure_verify_rate(name), 1),
+               "sign_per_s": round(measure_sign_rate(name), 1)}
+        for name in sorted(available_backends())
+    }
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -154,7 +177,8 @@ def run_one(n: int, batch: int, requests: int, backend_name: str | None, seed: i
 def run(ns: list[int], batches: list[int], requests: int, backend_name: str | None = None,
         seed: int = 1, command: str = "") -> dict[str, Any]:
     backend = get_backend(backend_name)
-    verify_rate = measure_verify_rate(backend.name)
+    rates = backend_rates()
+    verify_rate = rates[backend.name]["verify_per_s"]
     results = [run_one(n, b, requests, backend.name, seed, verify_rate)
                for n in ns for b in batches]
     return {
@@ -162,6 +186,7 @@ def run(ns: list[int], batches: list[int], requests: int, backend_name: str | No
         "command": command,
         "backend": backend.name,
         "verify_rate_per_s": round(verify_rate, 1),
+        "backends": rates,
         "python": sys.version.split()[0],
         "cpu_count": os.cpu_count(),
         "notes": "ops_per_s: requests / seconds spent inside the n replicas (all on one core); "

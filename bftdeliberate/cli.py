@@ -70,29 +70,37 @@ EXAMPLES = {
 }
 
 
+def _command(group, name: str, help_text: str, examples: str | None = None):  # noqa: ANN001
+    """One sub-command with its examples shown under ``--help``."""
+    return group.add_parser(name, help=help_text, epilog=examples,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _group(parser: argparse.ArgumentParser, dest: str, metavar: str):  # noqa: ANN202
+    group = parser.add_subparsers(dest=dest, metavar=metavar, parser_class=_Parser)
+    group.required = True
+    return group
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bftd", description="Governable multi-agent deliberation over signed PBFT.",
                      formatter_class=argparse.RawDescriptionHelpFormatter,
                      epilog="examples:\n  bftd demo\n  bftd keys init --n 4 --dir keys\n"
                             "  bftd bench core --n 4 --batch 100 --json")
     parser.add_argument("--version", action="version", version=f"bftd {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    commands.required = True
+    commands = _group(parser, "command", "COMMAND")
 
-    demo = commands.add_parser("demo", help="run a small committee in-process and show it",
-                               epilog=EXAMPLES["demo"],
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo = _command(commands, "demo", "run a small committee in-process and show it",
+                    EXAMPLES["demo"])
     demo.add_argument("--n", type=_members, default=4, help="committee size (default 4)")
     demo.add_argument("--seed", type=int, default=7, help="seed of the run (default 7)")
     demo.add_argument("--json", action="store_true", help="print the report as JSON")
     demo.set_defaults(handler=cmd_demo)
 
-    keys = commands.add_parser("keys", help="genesis: key files and the committee manifest")
-    key_commands = keys.add_subparsers(dest="keys_command", metavar="ACTION", parser_class=_Parser)
-    key_commands.required = True
-    init = key_commands.add_parser("init", help="write member/client keys and committee.json",
-                                   epilog=EXAMPLES["keys init"],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    keys = _group(_command(commands, "keys", "genesis: key files and the committee manifest"),
+                  "keys_command", "ACTION")
+    init = _command(keys, "init", "write member/client keys and committee.json",
+                    EXAMPLES["keys init"])
     init.add_argument("--n", type=_members, required=True, help="number of members (>= 4)")
     init.add_argument("--dir", type=Path, default=Path("keys"), help="keystore folder (default keys)")
     init.add_argument("--clients", type=int, default=1, help="authorised clients (default 1)")
@@ -100,21 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--host", default="127.0.0.1", help="members' host (default 127.0.0.1)")
     init.add_argument("--base-port", type=int, default=7000, help="member i listens on base+i")
     init.set_defaults(handler=cmd_keys_init)
-    check = key_commands.add_parser("check", help="validate a committee manifest (and key files)",
-                                    epilog=EXAMPLES["keys check"],
-                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    check = _command(keys, "check", "validate a committee manifest (and key files)",
+                     EXAMPLES["keys check"])
     check.add_argument("--committee", type=Path, required=True, help="committee.json")
     check.add_argument("--key", type=Path, action="append", default=[],
                        help="a private key file that must belong to the committee (repeatable)")
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
     check.set_defaults(handler=cmd_keys_check)
 
-    bench = commands.add_parser("bench", help="benchmarks (JSON with --json)")
-    bench_commands = bench.add_subparsers(dest="bench_command", metavar="KIND", parser_class=_Parser)
-    bench_commands.required = True
-    core = bench_commands.add_parser("core", help="replicas in one process, no network",
-                                     epilog=EXAMPLES["bench core"],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench = _group(_command(commands, "bench", "benchmarks (JSON with --json)"),
+                   "bench_command", "KIND")
+    core = _command(bench, "core", "replicas in one process, no network", EXAMPLES["bench core"])
     core.add_argument("--n", type=_int_list, default=[4, 7, 10, 13, 16], help="committee sizes")
     core.add_argument("--batch", type=_int_list, default=[1, 10, 100], help="batch sizes")
     core.add_argument("--requests", type=_positive, default=2000, help="requests per point")

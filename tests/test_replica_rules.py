@@ -237,3 +237,44 @@ def test_arbitrary_bytes_never_crash_a_replica(data, sender):
 
 
 _GENESIS = make_genesis(4)
+
+
+VOTE = st.tuples(st.sampled_from(["prepare", "commit"]), st.integers(0, 6), st.booleans())
+
+
+@settings(max_examples=150, deadline=None)
+@given(n=st.sampled_from([4, 7]), votes=st.lists(VOTE, max_size=40), pre_prepare_at=st.integers(0, 40))
+def test_quorums_count_distinct_matching_signers_whatever_the_order(n, votes, pre_prepare_at):
+    """Deliver prepares/commits (some duplicated, some for another digest) and the
+    pre-prepare in any order: the backup commits exactly when 2f distinct backups prepared
+    the accepted digest, and executes exactly when 2f+1 distinct members committed it."""
+    g = _GENESIS if n == 4 else _GENESIS7
+    f = (n - 1) // 3
+    backup = g.replica(1)
+    proposal = pre_prepare(g, requests=[request(g)])
+    digest, other = proposal.message.digest, b"\xee" * 32
+    sent_commit = False
+    first_vote: dict[tuple[str, int], bytes] = {}  # what a replica accepted first from a signer
+    deliveries = [("pre-prepare", 0, True)]
+    deliveries[0:0] = votes[:pre_prepare_at]
+    deliveries += votes[pre_prepare_at:]
+    for kind, signer, matching in deliveries:
+        signer %= n
+        if kind == "pre-prepare":
+            effects = backup.receive(0, proposal.raw, NOW)
+        elif signer == 1:
+            continue  # the replica's own votes are made by itself
+        else:
+            message = Prepare if kind == "prepare" else Commit
+            chosen = digest if matching else other
+            first_vote.setdefault((kind, signer), chosen)
+            effects = backup.receive(signer, vote(g, message, signer, chosen).raw, NOW)
+        sent_commit |= bool(broadcasts(effects, "commit"))
+    prepared_by = {s for (k, s), d in first_vote.items() if k == "prepare" and d == digest and s != 0}
+    committed_by = {s for (k, s), d in first_vote.items() if k == "commit" and d == digest}
+    expect_prepared = len(prepared_by | {1}) >= 2 * f
+    assert sent_commit == expect_prepared
+    assert backup.last_executed == (1 if expect_prepared and len(committed_by | {1}) >= 2 * f + 1 else 0)
+
+
+_GENESIS7 = make_genesis(7)
