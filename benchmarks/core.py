@@ -24,7 +24,8 @@ from typing import Any
 from bftdeliberate import kv
 from bftdeliberate.crypto import PrivateKey, available_backends, get_backend, signing_payload
 from bftdeliberate.pbft.config import ReplicaConfig
-from simulator.cluster import CompletedRequest, LinkProfile, SimCluster
+from simulator.network import NetworkProfile
+from simulator.world import CompletedRequest, World
 
 DEFAULT_NS = (4, 7, 10, 13, 16)
 DEFAULT_BATCHES = (1, 10, 100)
@@ -105,9 +106,9 @@ def run_one(n: int, batch: int, requests: int, backend_name: str | None, seed: i
     config = ReplicaConfig(batch_size=batch, batch_delay=0.001,
                            checkpoint_interval=CHECKPOINT_INTERVAL, log_window=LOG_WINDOW)
     clients = max(1, CLIENTS_PER_BATCH * batch)
-    cluster = SimCluster(n, seed=seed, clients=clients, config=config,
-                         profile=LinkProfile(base_delay=0.0, jitter=0.0),
-                         backend=get_backend(backend_name), cpu_clock=time.perf_counter)
+    cluster = World(n, seed=seed, clients=clients, config=config,
+                    network=NetworkProfile(delay_ms=(0.0, 0.0)),
+                    backend=get_backend(backend_name), cpu_clock=time.perf_counter)
     last_done: dict[str, float] = {}
     latencies: list[float] = []
     started = time.perf_counter()

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from bftdeliberate import kv
+from bftdeliberate.crypto import get_backend
 from bftdeliberate.pbft.config import ReplicaConfig
 from bftdeliberate.wire import cbor
 from bftdeliberate.wire.messages import Prepare, sign_message
-from simulator.cluster import SimCluster
+from simulator.network import NetworkProfile
+from simulator.world import World
 
 DEMO_OPERATIONS = (
     ("put", "task/t-001/status", b"open"),
@@ -54,7 +56,9 @@ def _show(value: Any) -> Any:
 
 
 def run_demo(n: int = 4, seed: int = 7) -> DemoResult:
-    cluster = SimCluster(n, seed=seed, clients=1, config=ReplicaConfig(batch_delay=0.002))
+    # Real Ed25519 here (the simulator's fast MAC signatures are for sweeps, not for show).
+    cluster = World(n, seed=seed, clients=1, config=ReplicaConfig(batch_delay=0.002),
+                    network=NetworkProfile(delay_ms=(0.5, 1.0)), backend=get_backend())
     client_id = "client-0"
     # A Byzantine member (the last one) sends a PREPARE for seq 1 that claims to be member
     # 1's; later the network replays the primary's first PRE-PREPARE. Both are dropped.

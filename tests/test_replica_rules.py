@@ -201,7 +201,9 @@ def test_primary_batches_up_to_batch_size_then_on_the_timer(genesis4):
     assert primary.next_deadline() == NOW + 0.01
     effects = primary.receive("client-1", request(g, client="client-1").raw, NOW)
     (proposal,) = broadcasts(effects, "pre-prepare")
-    assert len(proposal.message.message.batch) == 3 and primary.next_deadline() is None
+    assert len(proposal.message.message.batch) == 3
+    # No batch timer any more; what remains is the retransmission timer of the pending slot.
+    assert primary.next_deadline() == NOW + primary.config.retransmit_interval
     primary.receive("client-0", request(g, timestamp=3).raw, NOW)
     assert primary.handle_timer(NOW + 0.005) == []
     (proposal,) = broadcasts(primary.handle_timer(NOW + 0.01), "pre-prepare")

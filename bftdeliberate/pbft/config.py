@@ -23,6 +23,13 @@ DEFAULT_MAX_QUEUED_PER_CLIENT = 4
 #: Backups reject a batch whose primary-assigned timestamp is further than this from their
 #: own clock (seconds); the agreed timestamp is the only clock the application sees.
 DEFAULT_TIMESTAMP_SKEW = 30.0
+#: A replica with pending work and no progress for this long re-sends its own messages for
+#: the pending slots (seconds); doubles while nothing moves, up to the maximum. Loss and
+#: window races otherwise stall the normal case until a view change.
+DEFAULT_RETRANSMIT_INTERVAL = 0.5
+DEFAULT_MAX_RETRANSMIT_INTERVAL = 4.0
+#: Slots re-sent per retransmission round (lowest first).
+DEFAULT_MAX_RETRANSMIT_SLOTS = 32
 #: Equivocation and other proofs kept in memory (the rest are only emitted as effects).
 DEFAULT_MAX_EVIDENCE_KEPT = 1024
 #: Client: first retransmission timeout (seconds); doubles per retry up to the maximum.
@@ -40,6 +47,9 @@ class ReplicaConfig:
     max_queued_per_client: int = DEFAULT_MAX_QUEUED_PER_CLIENT
     timestamp_skew: float = DEFAULT_TIMESTAMP_SKEW
     max_evidence_kept: int = DEFAULT_MAX_EVIDENCE_KEPT
+    retransmit_interval: float = DEFAULT_RETRANSMIT_INTERVAL
+    max_retransmit_interval: float = DEFAULT_MAX_RETRANSMIT_INTERVAL
+    max_retransmit_slots: int = DEFAULT_MAX_RETRANSMIT_SLOTS
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
@@ -51,5 +61,7 @@ class ReplicaConfig:
         k, window = self.checkpoint_interval, self.log_window
         if window < 2 * k or window % k:
             raise LocalError("log_window must be a multiple of checkpoint_interval and >= 2x it")
+        if not 0 < self.retransmit_interval <= self.max_retransmit_interval:
+            raise LocalError("need 0 < retransmit_interval <= max_retransmit_interval")
         if self.max_queued_per_client < 1 or self.max_queued_requests < 1:
             raise LocalError("request queue bounds must be >= 1")

@@ -59,6 +59,10 @@ class Execute:
     requests: tuple[Request, ...]
     results: tuple[bytes, ...]
     executed: tuple[bool, ...]
+    #: The PRE-PREPARE and the 2f+1 matching COMMITs that justified execution, so that an
+    #: auditor (the simulator's oracles, an audit log) can re-verify every signature.
+    proposal: SignedMessage
+    certificate: tuple[SignedMessage, ...]
 
 
 @dataclass(frozen=True, slots=True)

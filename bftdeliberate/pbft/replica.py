@@ -106,6 +106,7 @@ class DropRecord:
 class ReplicaStats:
     received: int = 0
     signatures: int = 0
+    retransmissions: int = 0
     executed_requests: int = 0
     executed_batches: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
@@ -156,6 +157,12 @@ class Replica:
         self._batch_deadline: float | None = None
         # Backup state: the newest request timestamp relayed to the primary, per client.
         self._relayed: dict[str, int] = {}
+        # Retransmission: when to re-send own messages for pending slots, the current
+        # backoff, and when each (peer, seq) was last answered (bounded by the window).
+        self._retransmit_at: float | None = None
+        self._retransmit_backoff = self.config.retransmit_interval
+        self._answered: dict[tuple[int, int], float] = {}
+        self._highest_slot = 0
 
         # Checkpoints: votes per seq in the window, own digests and snapshots, stable proof.
         self._checkpoint_votes: dict[int, dict[int, SignedMessage]] = {}
@@ -180,6 +187,11 @@ class Replica:
     def receive(self, sender: int | str, data: bytes, now: float) -> list[Effect]:
         """Handle envelope bytes from ``sender``, the transport-authenticated peer."""
         self.stats.received += 1
+        effects = self._receive(sender, data, now)
+        self._arm_retransmit(now)
+        return effects
+
+    def _receive(self, sender: int | str, data: bytes, now: float) -> list[Effect]:
         try:
             signed = decode_envelope(data)
         except DecodeError as exc:
@@ -213,16 +225,26 @@ class Replica:
             raise LocalError(f"submit: not a request envelope: {exc}") from None
         if not isinstance(signed.message, Request):
             raise LocalError(f"submit: expected a request, got {signed.type}")
-        return self._on_request(signed, relayed=False, now=now)
+        effects = self._on_request(signed, relayed=False, now=now)
+        self._arm_retransmit(now)
+        return effects
 
     def handle_timer(self, now: float) -> list[Effect]:
+        effects: list[Effect] = []
         if self._batch_deadline is not None and now >= self._batch_deadline:
             self._batch_deadline = None
-            return self._propose_ready(now, flush=True)
-        return []
+            effects += self._propose_ready(now, flush=True)
+        if self._retransmit_at is not None and now >= self._retransmit_at:
+            effects += self._retransmit()
+            self._retransmit_backoff = min(2 * self._retransmit_backoff,
+                                           self.config.max_retransmit_interval)
+            self._retransmit_at = now + self._retransmit_backoff if self._pending() else None
+        self._arm_retransmit(now)
+        return effects
 
     def next_deadline(self) -> float | None:
-        return self._batch_deadline
+        deadlines = [d for d in (self._batch_deadline, self._retransmit_at) if d is not None]
+        return min(deadlines) if deadlines else None
 
     # --------------------------------------------------------------- requests
 
@@ -314,7 +336,8 @@ class Replica:
         slot = self._log.get(message.seq)
         if slot is not None and slot.pre_prepare is not None:
             if slot.pre_prepare.body == signed.body:
-                return self._drop("duplicate", sender, f"pre-prepare seq {message.seq}", now)
+                effects = self._answer(sender, message.seq, now)
+                return effects + self._drop("duplicate", sender, f"pre-prepare seq {message.seq}", now)
             effects = self._convict("equivocation", sender, slot.pre_prepare, signed)
             return effects + self._drop("conflicting-pre-prepare", sender, str(message.seq), now)
         if batch_digest(message.timestamp, message.batch) != message.digest:
@@ -383,7 +406,8 @@ class Replica:
         earlier = votes.get(sender)
         if earlier is not None:
             if earlier.body == signed.body:
-                return self._drop("duplicate", sender, f"{message.type} seq {message.seq}", now)
+                effects = self._answer(sender, message.seq, now)
+                return effects + self._drop("duplicate", sender, f"{message.type} seq {message.seq}", now)
             effects = self._convict(f"conflicting-{message.type}", sender, earlier, signed)
             return effects + self._drop(f"conflicting-{message.type}", sender, str(message.seq), now)
         votes[sender] = signed
@@ -452,9 +476,13 @@ class Replica:
             self.stats.executed_requests += 1
         self.last_executed = seq
         self.stats.executed_batches += 1
+        self._progressed(now)
         effects: list[Effect] = [
             Execute(view=slot.view, seq=seq, digest=slot.digest, timestamp=proposal.timestamp,
-                    requests=tuple(requests), results=tuple(results), executed=tuple(executed)),
+                    requests=tuple(requests), results=tuple(results), executed=tuple(executed),
+                    proposal=slot.pre_prepare,  # type: ignore[arg-type]
+                    certificate=tuple(vote for vote in slot.commits.values()
+                                      if vote.message.digest == slot.digest)),  # type: ignore[union-attr]
         ]
         if fresh:
             self.stats.signatures += 1
@@ -498,7 +526,11 @@ class Replica:
         earlier = votes.get(sender)
         if earlier is not None:
             if earlier.body == signed.body:
-                return self._drop("duplicate", sender, f"checkpoint seq {message.seq}", now)
+                effects = []
+                own = votes.get(self.id)
+                if own is not None and self._may_answer(sender, -message.seq, now):
+                    effects.append(Send(sender, own))
+                return effects + self._drop("duplicate", sender, f"checkpoint seq {message.seq}", now)
             effects = self._convict("conflicting-checkpoint", sender, earlier, signed)
             return effects + self._drop("conflicting-checkpoint", sender, str(message.seq), now)
         votes[sender] = signed
@@ -530,10 +562,71 @@ class Replica:
             del self._checkpoint_votes[old]
         for old in [s for s in self._own_checkpoints if s < seq]:
             del self._own_checkpoints[old]
+        self._answered = {key: at for key, at in self._answered.items() if abs(key[1]) > seq}
+        self._progressed(now)
         effects: list[Effect] = [CheckpointStable(seq, certified)]
         if self.is_primary:
             effects += self._propose_ready(now, flush=False)
         return effects
+
+    # ---------------------------------------------------------- retransmission
+
+    def _pending(self) -> bool:
+        """Work that cannot finish without messages from others (O(1) but for checkpoints,
+        of which there are at most L/K in the window)."""
+        return (
+            bool(self._queue)
+            or self._highest_slot > self.last_executed
+            or any(seq > self.low_watermark for seq in self._own_checkpoints)
+        )
+
+    def _arm_retransmit(self, now: float) -> None:
+        if self._retransmit_at is None and self._pending():
+            self._retransmit_at = now + self._retransmit_backoff
+
+    def _progressed(self, now: float) -> None:
+        self._retransmit_backoff = self.config.retransmit_interval
+        self._retransmit_at = now + self._retransmit_backoff if self._pending() else None
+
+    def _retransmit(self) -> list[Effect]:
+        """Stalled: re-send what this replica signed for the lowest pending slots (already
+        persisted, so no new ``Persist``). Peers drop what they have and answer from ahead."""
+        effects: list[Effect] = []
+        pending = sorted(seq for seq in self._log if seq > self.last_executed)
+        for seq in pending[: self.config.max_retransmit_slots]:
+            slot = self._log[seq]
+            if slot.pre_prepare is not None and slot.pre_prepare.message.replica == self.id:  # type: ignore[union-attr]
+                effects.append(Broadcast(slot.pre_prepare))
+            for votes in (slot.prepares, slot.commits):
+                if self.id in votes:
+                    effects.append(Broadcast(votes[self.id]))
+        for seq, votes in sorted(self._checkpoint_votes.items()):
+            if seq > self.low_watermark and self.id in votes:
+                effects.append(Broadcast(votes[self.id]))
+        self.stats.retransmissions += len(effects)
+        return effects
+
+    def _may_answer(self, peer: int, key: int, now: float) -> bool:
+        last = self._answered.get((peer, key))
+        if last is not None and now - last < self.config.retransmit_interval:
+            return False
+        self._answered[(peer, key)] = now
+        return True
+
+    def _answer(self, peer: int, seq: int, now: float) -> list[Effect]:
+        """A peer re-sent a message for a slot this replica already executed: it is stalled
+        there, so send it this replica's own messages for the slot (once per interval)."""
+        slot = self._log.get(seq)
+        if slot is None or seq > self.last_executed or not self._may_answer(peer, seq, now):
+            return []
+        answer: list[Effect] = []
+        if slot.pre_prepare is not None and slot.pre_prepare.message.replica == self.id:  # type: ignore[union-attr]
+            answer.append(Send(peer, slot.pre_prepare))
+        for votes in (slot.prepares, slot.commits):
+            if self.id in votes:
+                answer.append(Send(peer, votes[self.id]))
+        self.stats.retransmissions += len(answer)
+        return answer
 
     # ---------------------------------------------------------------- helpers
 
@@ -547,6 +640,7 @@ class Replica:
         slot = self._log.get(seq)
         if slot is None:
             slot = self._log[seq] = _Slot(view=self.view)
+            self._highest_slot = max(self._highest_slot, seq)
         return slot
 
     def _sign(self, message) -> SignedMessage:  # noqa: ANN001 - any message model
