@@ -19,6 +19,7 @@ from bftdeliberate.wire.messages import (
     PrePrepare,
     Reply,
     Request,
+    Status,
     decode_body,
     decode_envelope,
     encode_body,
@@ -45,6 +46,8 @@ MESSAGES = st.one_of(
               index=st.integers(0, MAX_BATCH_SIZE - 1), size=st.integers(1, MAX_BATCH_SIZE),
               path=st.lists(digests, max_size=MAX_REPLY_PATH_LENGTH).map(tuple)),
     st.builds(Checkpoint, seq=counters, state_digest=digests, replica=replica_ids),
+    st.builds(Status, view=counters, last_executed=counters, low_watermark=counters,
+              replica=replica_ids),
 )
 
 
@@ -99,7 +102,7 @@ def test_envelope_structure_is_strict():
 
 def test_json_schema_names_every_message_type():
     schema = message_json_schema()
-    assert {"Request", "PrePrepare", "Prepare", "Commit", "Reply", "Checkpoint"} <= set(
+    assert {"Request", "PrePrepare", "Prepare", "Commit", "Reply", "Checkpoint", "Status"} <= set(
         schema["$defs"]
     )
 

@@ -280,3 +280,27 @@ def test_quorums_count_distinct_matching_signers_whatever_the_order(n, votes, pr
 
 
 _GENESIS7 = make_genesis(7)
+
+
+def test_stalled_replica_sends_status_and_a_peer_ahead_resends_what_it_lacks(genesis4):
+    """Replica 1 lost the PRE-PREPARE of seq 1 (it has nothing of its own to re-send for
+    it); its STATUS tells the primary, which is ahead, to re-send its messages for seq 1."""
+    g = genesis4
+    primary, backup = g.replica(0, ReplicaConfig(batch_delay=0.0)), g.replica(1)
+    (proposal,) = broadcasts(primary.receive("client-0", request(g).raw, NOW), "pre-prepare")
+    digest = proposal.message.message.digest
+    for kind in (Prepare, Commit):
+        for signer in (2, 3):
+            primary.receive(signer, vote(g, kind, signer, digest).raw, NOW)
+    assert primary.last_executed == 1
+    backup.receive(2, vote(g, Prepare, 2, digest).raw, NOW)  # pending, but no pre-prepare
+    assert backup.next_deadline() == NOW + backup.config.retransmit_interval
+    effects = backup.handle_timer(NOW + backup.config.retransmit_interval)
+    (status,) = broadcasts(effects, "status")
+    assert status.message.message.last_executed == 0
+    answer = primary.receive(1, status.message.raw, NOW + 1)
+    assert [(e.to, e.message.type) for e in answer] == [(1, "pre-prepare"), (1, "commit")]
+    assert primary.receive(1, status.message.raw, NOW + 1.1) == []  # rate-limited
+    assert primary.stats.dropped["status-rate-limited"] == 1
+    # With the primary's pre-prepare the backup prepares; the stall is over.
+    assert broadcasts(backup.receive(0, answer[0].message.raw, NOW + 1), "prepare")

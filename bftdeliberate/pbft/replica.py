@@ -55,6 +55,7 @@ from bftdeliberate.wire.messages import (
     PrePrepare,
     Request,
     SignedMessage,
+    Status,
     decode_envelope,
     sign_message,
 )
@@ -158,10 +159,10 @@ class Replica:
         # Backup state: the newest request timestamp relayed to the primary, per client.
         self._relayed: dict[str, int] = {}
         # Retransmission: when to re-send own messages for pending slots, the current
-        # backoff, and when each (peer, seq) was last answered (bounded by the window).
+        # backoff, and when each peer's STATUS was last answered (one entry per member).
         self._retransmit_at: float | None = None
         self._retransmit_backoff = self.config.retransmit_interval
-        self._answered: dict[tuple[int, int], float] = {}
+        self._answered: dict[int, float] = {}
         self._highest_slot = 0
 
         # Checkpoints: votes per seq in the window, own digests and snapshots, stable proof.
@@ -214,6 +215,8 @@ class Replica:
             return self._on_commit(signed, message, now)
         if isinstance(message, Checkpoint):
             return self._on_checkpoint(signed, message, now)
+        if isinstance(message, Status):
+            return self._on_status(signed, message, now)
         return self._drop("unexpected-type", sender, message.type, now)
 
     def submit(self, request: SignedMessage | bytes, now: float) -> list[Effect]:
@@ -336,8 +339,7 @@ class Replica:
         slot = self._log.get(message.seq)
         if slot is not None and slot.pre_prepare is not None:
             if slot.pre_prepare.body == signed.body:
-                effects = self._answer(sender, message.seq, now)
-                return effects + self._drop("duplicate", sender, f"pre-prepare seq {message.seq}", now)
+                return self._drop("duplicate", sender, f"pre-prepare seq {message.seq}", now)
             effects = self._convict("equivocation", sender, slot.pre_prepare, signed)
             return effects + self._drop("conflicting-pre-prepare", sender, str(message.seq), now)
         if batch_digest(message.timestamp, message.batch) != message.digest:
@@ -406,8 +408,7 @@ class Replica:
         earlier = votes.get(sender)
         if earlier is not None:
             if earlier.body == signed.body:
-                effects = self._answer(sender, message.seq, now)
-                return effects + self._drop("duplicate", sender, f"{message.type} seq {message.seq}", now)
+                return self._drop("duplicate", sender, f"{message.type} seq {message.seq}", now)
             effects = self._convict(f"conflicting-{message.type}", sender, earlier, signed)
             return effects + self._drop(f"conflicting-{message.type}", sender, str(message.seq), now)
         votes[sender] = signed
@@ -526,11 +527,7 @@ class Replica:
         earlier = votes.get(sender)
         if earlier is not None:
             if earlier.body == signed.body:
-                effects = []
-                own = votes.get(self.id)
-                if own is not None and self._may_answer(sender, -message.seq, now):
-                    effects.append(Send(sender, own))
-                return effects + self._drop("duplicate", sender, f"checkpoint seq {message.seq}", now)
+                return self._drop("duplicate", sender, f"checkpoint seq {message.seq}", now)
             effects = self._convict("conflicting-checkpoint", sender, earlier, signed)
             return effects + self._drop("conflicting-checkpoint", sender, str(message.seq), now)
         votes[sender] = signed
@@ -562,7 +559,6 @@ class Replica:
             del self._checkpoint_votes[old]
         for old in [s for s in self._own_checkpoints if s < seq]:
             del self._own_checkpoints[old]
-        self._answered = {key: at for key, at in self._answered.items() if abs(key[1]) > seq}
         self._progressed(now)
         effects: list[Effect] = [CheckpointStable(seq, certified)]
         if self.is_primary:
@@ -589,42 +585,51 @@ class Replica:
         self._retransmit_at = now + self._retransmit_backoff if self._pending() else None
 
     def _retransmit(self) -> list[Effect]:
-        """Stalled: re-send what this replica signed for the lowest pending slots (already
-        persisted, so no new ``Persist``). Peers drop what they have and answer from ahead."""
+        """Stalled: re-send what this replica signed for its lowest pending *uncommitted*
+        slots (already persisted: no new ``Persist``) and its unstable checkpoints, and
+        broadcast a STATUS so that peers which are ahead re-send what it lacks."""
         effects: list[Effect] = []
-        pending = sorted(seq for seq in self._log if seq > self.last_executed)
+        pending = sorted(seq for seq, slot in self._log.items()
+                         if seq > self.last_executed and not slot.committed)
         for seq in pending[: self.config.max_retransmit_slots]:
-            slot = self._log[seq]
-            if slot.pre_prepare is not None and slot.pre_prepare.message.replica == self.id:  # type: ignore[union-attr]
-                effects.append(Broadcast(slot.pre_prepare))
-            for votes in (slot.prepares, slot.commits):
-                if self.id in votes:
-                    effects.append(Broadcast(votes[self.id]))
+            effects += [Broadcast(message) for message in self._own_messages(self._log[seq])]
         for seq, votes in sorted(self._checkpoint_votes.items()):
             if seq > self.low_watermark and self.id in votes:
                 effects.append(Broadcast(votes[self.id]))
         self.stats.retransmissions += len(effects)
-        return effects
+        status = self._sign(Status(view=self.view, last_executed=self.last_executed,
+                                   low_watermark=self.low_watermark, replica=self.id))
+        return effects + [Broadcast(status)]
 
-    def _may_answer(self, peer: int, key: int, now: float) -> bool:
-        last = self._answered.get((peer, key))
-        if last is not None and now - last < self.config.retransmit_interval:
-            return False
-        self._answered[(peer, key)] = now
-        return True
-
-    def _answer(self, peer: int, seq: int, now: float) -> list[Effect]:
-        """A peer re-sent a message for a slot this replica already executed: it is stalled
-        there, so send it this replica's own messages for the slot (once per interval)."""
-        slot = self._log.get(seq)
-        if slot is None or seq > self.last_executed or not self._may_answer(peer, seq, now):
-            return []
-        answer: list[Effect] = []
+    def _own_messages(self, slot: _Slot) -> list[SignedMessage]:
+        own = []
         if slot.pre_prepare is not None and slot.pre_prepare.message.replica == self.id:  # type: ignore[union-attr]
-            answer.append(Send(peer, slot.pre_prepare))
-        for votes in (slot.prepares, slot.commits):
-            if self.id in votes:
-                answer.append(Send(peer, votes[self.id]))
+            own.append(slot.pre_prepare)
+        own += [votes[self.id] for votes in (slot.prepares, slot.commits) if self.id in votes]
+        return own
+
+    def _on_status(self, signed: SignedMessage, message: Status, now: float) -> list[Effect]:
+        """A stalled peer: send it this replica's own messages for the slots it has not
+        executed yet but this replica has (at most one answer per peer per interval)."""
+        peer = message.replica
+        if message.last_executed >= self.last_executed:
+            return self._drop("status-not-behind", peer, str(message.last_executed), now)
+        last = self._answered.get(peer)
+        if last is not None and now - last < self.config.retransmit_interval:
+            return self._drop("status-rate-limited", peer, str(message.last_executed), now)
+        if not self._verify(signed):
+            return self._drop("bad-signature", peer, "status", now)
+        self._answered[peer] = now
+        answer: list[Effect] = []
+        if message.low_watermark < self.low_watermark:
+            # Help it make our stable checkpoint stable too (if it executed that far).
+            answer += [Send(peer, vote) for vote in self.stable_proof if vote.message.replica == self.id]  # type: ignore[union-attr]
+        first = max(message.last_executed, self.low_watermark) + 1
+        last_seq = min(self.last_executed, first + self.config.max_retransmit_slots - 1)
+        for seq in range(first, last_seq + 1):
+            slot = self._log.get(seq)
+            if slot is not None:
+                answer += [Send(peer, own) for own in self._own_messages(slot)]
         self.stats.retransmissions += len(answer)
         return answer
 

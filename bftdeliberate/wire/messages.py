@@ -150,10 +150,27 @@ class Checkpoint(_Message):
         return self.replica
 
 
+class Status(_Message):
+    """A stalled replica's progress: peers that are ahead re-send what it lacks (the
+    retransmission protocol of Castro's thesis, section 5.2, reduced to the normal case)."""
+
+    type: Literal["status"] = "status"
+    view: Counter
+    last_executed: Counter
+    low_watermark: Counter
+    replica: ReplicaId
+
+    def signer(self) -> int:
+        return self.replica
+
+
 Message = Annotated[
-    Union[Request, PrePrepare, Prepare, Commit, Reply, Checkpoint], Field(discriminator="type")
+    Union[Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, Status],
+    Field(discriminator="type"),
 ]
-MESSAGE_TYPES: tuple[type[_Message], ...] = (Request, PrePrepare, Prepare, Commit, Reply, Checkpoint)
+MESSAGE_TYPES: tuple[type[_Message], ...] = (
+    Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, Status,
+)
 _MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
 # The envelope is a fixed-shape canonical map, on the path of every message, so it is built
 # and parsed by hand; the general codec yields the very same bytes (tests check both ways).
