@@ -16,6 +16,7 @@ verifies, and whether a message is acceptable now, are protocol rules and live i
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Literal, Union
 
@@ -41,6 +42,9 @@ MAX_COUNTER = 2**63 - 1
 MAX_REPLICA_ID = 1023
 DIGEST_SIZE = 32
 SIGNATURE_SIZE = 64
+#: Decoded envelopes memoised (at most entries x max message bytes: 1024 x 64 KiB).
+DECODE_CACHE_ENTRIES = 1024
+DECODE_CACHE_MAX_MESSAGE = 64 * 1024
 #: Longest Merkle audit path of a batch-signed REPLY (a tree over at most MAX_BATCH_SIZE leaves).
 MAX_REPLY_PATH_LENGTH = (MAX_BATCH_SIZE - 1).bit_length()
 
@@ -278,8 +282,20 @@ def decode_envelope(data: bytes) -> SignedMessage:
     Raises ``DecodeError`` (and nothing else) for anything that is not a canonical,
     schema-valid envelope of this protocol.
     """
+    if type(data) is bytes and len(data) <= DECODE_CACHE_MAX_MESSAGE:
+        return _decode_envelope_cached(data)
+    return _decode_envelope(data)
+
+
+def _decode_envelope(data: bytes) -> SignedMessage:
     body, signature = _split_envelope(data)
     return SignedMessage(body=body, signature=signature, message=decode_body(body), raw=data)
+
+
+# Decoding is a pure function of the bytes and its result is immutable, so it is memoised:
+# a broadcast decoded by every replica of one process (the simulator) or a retransmitted
+# duplicate costs one dictionary lookup. Failures are not cached. Bounded: entries x size.
+_decode_envelope_cached = functools.lru_cache(maxsize=DECODE_CACHE_ENTRIES)(_decode_envelope)
 
 
 def decode_body(body: bytes) -> Message:
