@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import os
 import random
@@ -40,6 +41,8 @@ SIGNATURE_SIZE = 64
 SEED_SIZE = 32
 #: Bound (entries) of a :class:`Verifier`'s result cache.
 VERIFY_CACHE_SIZE = 65536
+#: (committee digest, message type) domain prefixes remembered.
+DOMAIN_PREFIX_CACHE_SIZE = 256
 #: Bound (keys) of each backend's cache of parsed key objects.
 KEY_CACHE_SIZE = 4096
 #: Largest length of a length-prefixed field of :func:`signing_payload` (u16 prefix).
@@ -95,13 +98,18 @@ def signing_payload(committee_digest: bytes, message_type: str, body: bytes) -> 
     The tag contains no NUL byte and both variable fields are length-prefixed, so distinct
     (committee, type, body) triples never produce the same bytes.
     """
+    return _domain_prefix(committee_digest, message_type) + body
+
+
+@functools.lru_cache(maxsize=DOMAIN_PREFIX_CACHE_SIZE)
+def _domain_prefix(committee_digest: bytes, message_type: str) -> bytes:
+    # One committee and a handful of message types: computed once, looked up per message.
     return b"".join(
         (
             PROTOCOL_TAG,
             b"\x00",
             _length_prefixed(committee_digest, "committee digest"),
             _length_prefixed(message_type.encode("utf-8"), "message type"),
-            body,
         )
     )
 
