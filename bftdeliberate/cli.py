@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -59,6 +60,46 @@ def _members(text: str) -> int:
     return value
 
 
+def _member_list(text: str) -> list[int]:
+    values = _int_list(text)
+    if min(values) < 4:
+        raise argparse.ArgumentTypeError(
+            f"a committee needs n >= 4 (n = 3f+1, f >= 1); got {text!r}")
+    return values
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a seed >= 0, got {value}")
+    return value
+
+
+def _seed_range(text: str) -> range:
+    start, sep, stop = text.partition(":")
+    try:
+        seeds = range(int(start), int(stop))
+    except ValueError:
+        seeds = None
+    if not sep or seeds is None or seeds.start < 0 or not seeds:
+        raise argparse.ArgumentTypeError(
+            f"expected A:B with 0 <= A < B (seeds A..B-1), got {text!r}")
+    return seeds
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
 EXAMPLES = {
     "demo": "examples:\n  bftd demo\n  bftd demo --json",
     "keys init": "examples:\n  bftd keys init --n 4 --dir keys\n"
@@ -67,6 +108,17 @@ EXAMPLES = {
                   "  bftd keys check --committee keys/committee.json --key keys/agent-0.key",
     "bench core": "examples:\n  bftd bench core --n 4 --batch 100 --json\n"
                   "  bftd bench core --n 4,7,10,13,16 --batch 1,10,100 --requests 2000",
+    "sim list": "examples:\n  bftd sim list\n  bftd sim list --json",
+    "sim run": "examples:\n  bftd sim run --scenario baseline\n"
+               "  bftd sim run --scenario chaos --n 7 --seed 42 --json\n"
+               "  bftd sim run --spec my-scenario.json --trace run.jsonl --check-determinism",
+    "sim sweep": "examples:\n  bftd sim sweep --scenarios baseline,twins --seeds 20\n"
+                 "  bftd sim sweep --scenarios all --n 4,7 --seeds 500 --jobs 2\n"
+                 "  bftd sim sweep --scenarios chaos --seed-range 1000:2000 --json",
+    "sim schema": "examples:\n  bftd sim schema > scenario-v1.schema.json",
+    "bench sim": "examples:\n  bftd bench sim\n"
+                 "  bftd bench sim --scenario chaos --n 4 --requests 50 --seconds 20 --jobs 2 "
+                 "--json",
 }
 
 
@@ -127,6 +179,57 @@ def build_parser() -> argparse.ArgumentParser:
     core.add_argument("--seed", type=int, default=1)
     core.add_argument("--json", action="store_true", help="print the report as JSON")
     core.set_defaults(handler=cmd_bench_core)
+    bench_sim = _command(bench, "sim", "simulator seed-runs per minute (pool of processes)",
+                         EXAMPLES["bench sim"])
+    bench_sim.add_argument("--scenario", default="chaos", help="built-in scenario (default chaos)")
+    bench_sim.add_argument("--n", type=_members, default=4, help="committee size (default 4)")
+    bench_sim.add_argument("--requests", type=_positive, default=50,
+                           help="requests per run (default 50)")
+    bench_sim.add_argument("--seconds", type=_seconds, default=20.0,
+                           help="wall seconds to measure (default 20)")
+    bench_sim.add_argument("--jobs", type=_positive, default=2, help="processes (default 2)")
+    bench_sim.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench_sim.set_defaults(handler=cmd_bench_sim)
+
+    sim = _group(_command(commands, "sim", "deterministic simulation: scenarios, runs, sweeps"),
+                 "sim_command", "ACTION")
+    sim_list = _command(sim, "list", "built-in scenarios with one-line descriptions",
+                        EXAMPLES["sim list"])
+    sim_list.add_argument("--json", action="store_true", help="print the list as JSON")
+    sim_list.set_defaults(handler=cmd_sim_list)
+    sim_run = _command(sim, "run", "run one scenario; exit 1 if the outcome misses its expect",
+                       EXAMPLES["sim run"])
+    source = sim_run.add_mutually_exclusive_group(required=True)
+    source.add_argument("--scenario", metavar="NAME", help="a built-in scenario (bftd sim list)")
+    source.add_argument("--spec", metavar="FILE", type=Path, help="a scenario spec v1 JSON file")
+    sim_run.add_argument("--n", type=_members, default=None, help="override the committee size")
+    sim_run.add_argument("--seed", type=_seed, default=None, help="override the seed")
+    sim_run.add_argument("--requests", type=_positive, default=None,
+                         help="override the number of requests")
+    sim_run.add_argument("--json", action="store_true", help="print the result as JSON")
+    sim_run.add_argument("--trace", metavar="FILE", type=Path, default=None,
+                         help="write the event log as JSON lines")
+    sim_run.add_argument("--check-determinism", action="store_true",
+                         help="run twice; exit 1 if the trace hashes differ")
+    sim_run.set_defaults(handler=cmd_sim_run)
+    sim_sweep = _command(sim, "sweep", "many seeds of many scenarios; exit 1 if any run misses "
+                                       "its expect", EXAMPLES["sim sweep"])
+    sim_sweep.add_argument("--scenarios", default="all",
+                           help="'all', or comma-separated built-in names and spec files "
+                                "(default all)")
+    sim_sweep.add_argument("--n", type=_member_list, default=None,
+                           help="committee sizes, e.g. 4,7 (default: each scenario's own)")
+    seeds = sim_sweep.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=_positive, default=None, help="seeds 0..K-1 (default 10)")
+    seeds.add_argument("--seed-range", type=_seed_range, default=None, metavar="A:B",
+                       help="seeds A..B-1")
+    sim_sweep.add_argument("--jobs", type=_positive, default=None,
+                           help="worker processes (default: CPU count)")
+    sim_sweep.add_argument("--json", action="store_true", help="print the report as JSON")
+    sim_sweep.set_defaults(handler=cmd_sim_sweep)
+    sim_schema = _command(sim, "schema", "print the JSON Schema of scenario spec v1",
+                          EXAMPLES["sim schema"])
+    sim_schema.set_defaults(handler=cmd_sim_schema)
     return parser
 
 
@@ -243,6 +346,214 @@ def cmd_bench_core(args: argparse.Namespace, console: Console) -> int:
                       "yes" if r["messages_match_analytic"] else "NO")
     console.print(table)
     return EXIT_OK if all(r["state_digests_equal"] for r in report["results"]) else EXIT_FAILED
+
+
+#: Default number of seeds of a sweep (seeds 0..K-1).
+DEFAULT_SWEEP_SEEDS = 10
+#: Failed runs whose repro line a sweep prints (all are in --json).
+MAX_FAILURES_SHOWN = 50
+SWEEP_TABLE_WIDTH = 100
+
+
+def cmd_sim_list(args: argparse.Namespace, console: Console) -> int:
+    from simulator.spec import builtin_names, load_builtin
+
+    scenarios = [load_builtin(name) for name in builtin_names()]
+    if args.json:
+        # chaos draws n from the seed unless --n fixes it: no n of its own.
+        print(json.dumps([{"name": s.name, "description": s.description,
+                           "n": None if s.generator == "chaos" else s.n,
+                           "generator": s.generator, "expect": s.expect.model_dump()}
+                          for s in scenarios], indent=2))
+        return EXIT_OK
+    table = Table(title="Built-in scenarios (bftd sim run --scenario NAME)")
+    for column in ("name", "expect", "description"):
+        table.add_column(column, no_wrap=column != "description")
+    for s in scenarios:
+        live = {True: "live", False: "stalls", None: "-"}[s.expect.liveness]
+        table.add_row(s.name, f"{'safe' if s.expect.safety else 'UNSAFE'}, {live}",
+                      s.description)
+    console.print(table)
+    return EXIT_OK
+
+
+def _sim_scenario(args: argparse.Namespace):  # noqa: ANN202 - a simulator.spec.Scenario
+    from simulator.spec import load_scenario
+
+    return load_scenario(args.scenario, args.spec)
+
+
+def cmd_sim_run(args: argparse.Namespace, console: Console) -> int:
+    from simulator.runner import run_scenario
+
+    scenario = _sim_scenario(args)
+    overrides = {"n": args.n, "seed": args.seed, "requests": args.requests}
+    result = run_scenario(scenario, record_trace=args.trace is not None, **overrides)
+    report = result.as_dict()
+    same_trace = True
+    if args.check_determinism:
+        again = run_scenario(scenario, **overrides)
+        same_trace = again.trace_hash == result.trace_hash
+        report["determinism"] = {"same_trace": same_trace, "trace_hashes":
+                                 [result.trace_hash, again.trace_hash]}
+    if args.trace is not None:
+        try:
+            with args.trace.open("w", encoding="utf-8") as out:
+                for event in result.trace or []:
+                    out.write(json.dumps(event, separators=(",", ":")) + "\n")
+        except OSError as exc:
+            raise ConfigError(f"{args.trace}: cannot write the trace: {exc.strerror}") from None
+    code = EXIT_OK if result.ok and same_trace else EXIT_FAILED
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return code
+    verdict = "[green]as expected[/]" if result.ok else "[red]NOT as expected[/]"
+    console.print(f"[bold]{result.scenario}[/] n={result.n} f={result.f} seed={result.seed}: "
+                  f"safety {result.safety}, liveness {result.liveness} "
+                  f"({result.committed}/{result.requests} committed) -- {verdict} "
+                  f"(expect {json.dumps(result.expect)})")
+    console.print(f"simulated {result.sim_time_ms / 1000:.3f} s, {result.events} events, "
+                  f"{result.messages['total']} messages, {result.bytes} bytes, in "
+                  f"{result.wall_seconds * 1000:.0f} ms; views {result.views}; executed "
+                  f"{result.executed}; Byzantine {result.byzantine_members or 'none'}")
+    console.print(f"trace {result.trace_hash}", highlight=False)
+    if args.check_determinism:
+        console.print("determinism: " + ("[green]same trace hash twice[/]" if same_trace
+                                         else "[red]trace hashes DIFFER[/]"))
+    if result.violations:
+        table = Table(title="Violations")
+        for column in ("oracle", "members", "seq", "event", "t ms", "detail"):
+            table.add_column(column, no_wrap=column != "detail")
+        for v in result.violations:
+            table.add_row(v["oracle"], ",".join(map(str, v["members"])), str(v["seq"]),
+                          str(v["event"]), f"{v['time_ms']:.1f}", v["detail"])
+        console.print(table)
+    console.print(f"repro: {result.repro}", markup=False, highlight=False, soft_wrap=True)
+    return code
+
+
+def cmd_sim_sweep(args: argparse.Namespace, console: Console) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from simulator.spec import builtin_names, load_builtin, load_file
+    from simulator.sweep import default_jobs, sweep
+
+    known = builtin_names()
+    names = known if args.scenarios.strip() == "all" else [
+        name.strip() for name in args.scenarios.split(",") if name.strip()]
+    # An entry that looks like a path is a user's spec file.
+    is_file = [name.endswith(".json") or "/" in name for name in names]
+    unknown = [name for name, file in zip(names, is_file) if not file and name not in known]
+    if not names or unknown:
+        raise ConfigError(f"--scenarios: unknown scenario {unknown[0] if unknown else '(none)'!r} "
+                          f"(known: all, {', '.join(known)}, or a spec file)")
+    scenarios = [load_file(name) if file else load_builtin(name)
+                 for name, file in zip(names, is_file)]
+    if args.n is not None:  # validate every override before spending minutes on runs
+        for scenario in scenarios:
+            for n in args.n:
+                scenario.with_overrides(n=n)
+    seeds = args.seed_range if args.seed_range is not None else range(
+        args.seeds if args.seeds is not None else DEFAULT_SWEEP_SEEDS)
+    jobs = args.jobs or default_jobs()
+    total = len(scenarios) * len(args.n or [None]) * len(seeds)
+    show_progress = console.is_terminal and not args.json
+    progress = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[failed]} missed"), TimeElapsedColumn(),
+                        console=console, disable=not show_progress, transient=True)
+    with progress:
+        task = progress.add_task("sweep", total=total, failed=0)
+        missed = [0]
+
+        def advance(run: dict) -> None:
+            missed[0] += not run["ok"]
+            progress.update(task, advance=1, failed=missed[0])
+
+        report = sweep(scenarios, args.n, seeds, jobs=jobs, on_result=advance)
+    code = EXIT_OK if report.ok else EXIT_FAILED
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+        return code
+    table = Table(title=f"bftd sim sweep: {len(scenarios)} scenarios x "
+                        f"{len(args.n or ['own n'])} sizes x {len(seeds)} seeds")
+    # unsafe = safety violated, stalled = liveness failed, done = workload completed.
+    table.box = box.SIMPLE_HEAD
+    for column in ("scenario", "n", "expect", "runs", "ok", "unsafe", "stalled", "done",
+                   "ev/run", "ms/run"):
+        table.add_column(column, justify="left" if column in ("scenario", "expect") else "right",
+                         no_wrap=True)
+    for row in report.by_scenario:
+        expect = row["expect"]
+        live = {True: "live", False: "stall", None: "-"}[expect["liveness"]]
+        style = None if row["ok"] == row["runs"] else "red"
+        table.add_row(row["scenario"], str(row["n"]),
+                      f"{'safe' if expect['safety'] else 'unsafe'}/{live}", str(row["runs"]),
+                      str(row["ok"]), str(row["violations"]), str(row["liveness_failures"]),
+                      str(row["completed"]), f"{row['mean_events']:.0f}",
+                      f"{row['mean_wall_ms']:.1f}", style=style)
+    # Wider than the 80 columns rich assumes for a pipe: the table is read in logs and files.
+    wide = console if console.is_terminal else Console(width=SWEEP_TABLE_WIDTH)
+    wide.print(table)
+    summary = report.summary()
+    console.print(f"runs {summary['runs']}, missed expectation {summary['missed_expectation']}, "
+                  f"violations {summary['violations']} (unexpected "
+                  f"{summary['unexpected_violations']}), liveness failures "
+                  f"{summary['liveness_failures']}, errors {summary['errors']}; "
+                  f"{summary['runs_per_s']} runs/s on {summary['jobs']} jobs, "
+                  f"{summary['wall_seconds']} s")
+    failures = report.failures
+    for run in failures[:MAX_FAILURES_SHOWN]:
+        why = run.get("error") or (run["violations"][0]["detail"] if run["violations"] else
+                                   f"{run['committed']}/{run['requests']} committed")
+        console.print(f"FAILED {run['repro']}  # safety {run['safety']}, liveness "
+                      f"{run['liveness']}: {why}", markup=False, highlight=False,
+                      soft_wrap=True)  # one line each: copy-pasteable
+    if len(failures) > MAX_FAILURES_SHOWN:
+        console.print(f"... and {len(failures) - MAX_FAILURES_SHOWN} more (all in --json)")
+    return code
+
+
+def cmd_sim_schema(args: argparse.Namespace, console: Console) -> int:
+    from simulator.spec import scenario_json_schema
+
+    print(json.dumps(scenario_json_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_bench_sim(args: argparse.Namespace, console: Console) -> int:
+    from benchmarks.sim import run
+    from simulator.spec import load_builtin
+
+    load_builtin(args.scenario).with_overrides(n=args.n, requests=args.requests)  # bad input: 2
+    command = "bftd " + " ".join(sys.argv[1:]) if sys.argv[1:] else "bftd bench sim"
+    report = run(args.scenario, args.n, args.requests, args.seconds, args.jobs, command=command)
+    code = EXIT_OK if report["missed_expectation"] == 0 else EXIT_FAILED
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return code
+    table = Table(title=f"bench sim: {report['scenario']} n={report['n']} "
+                        f"{report['requests']} requests, {report['jobs']} jobs, "
+                        f"{report['wall_seconds']:.1f} s")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    walls = report["run_wall_ms"]
+    for figure, value in (
+        ("seed-runs per minute", f"{report['seed_runs_per_min']:.0f} "
+                                 f"(goal {report['goal_seed_runs_per_min']})"),
+        ("... with a full core per job", f"{report['seed_runs_per_min_full_cores']:.0f}"),
+        ("cpu utilisation", f"{100 * report['cpu_utilisation']:.0f}%"),
+        ("simulated events per second", f"{report['sim_events_per_s']:.0f}"),
+        ("... per cpu second", f"{report['sim_events_per_cpu_s']:.0f}"),
+        ("events per run", f"{report['events_per_run']:.0f}"),
+        ("ms per run p50 / p99 / max", f"{walls['p50']:.1f} / {walls['p99']:.1f} / "
+                                       f"{walls['max']:.1f}"),
+        ("runs (completed workload)", f"{report['seed_runs']} "
+                                      f"({100 * report['completed_fraction']:.0f}%)"),
+        ("missed expectation", str(report["missed_expectation"])),
+    ):
+        table.add_row(figure, value)
+    console.print(table)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -66,6 +66,12 @@ class Network:
 
     # --------------------------------------------------------------- delivery
 
+    def _calm(self, profile: NetworkProfile) -> bool:
+        """No fault can touch this message: only a delay is drawn (the common case)."""
+        return (profile.reorder and self.groups is None and not self.one_way_blocked
+                and not self.clogged_until
+                and (self.stable or (not profile.loss and not profile.duplicate)))
+
     def blocked(self, sender: Node, receiver: Node) -> bool:
         if type(sender) is not int or type(receiver) is not int:
             return False
@@ -77,9 +83,12 @@ class Network:
 
     def arrivals(self, sender: Node, receiver: Node, now: float) -> list[float]:
         """Arrival times of one message sent now ([] if lost or blocked)."""
+        profile = self.profile
+        if self._calm(profile):
+            low, high = profile.delay_ms
+            return [now + (low + (high - low) * self.rng.random()) / 1000.0]
         if self.blocked(sender, receiver):
             return []
-        profile = self.profile
         if not self.stable and profile.loss and self.rng.random() < profile.loss:
             return []
         copies = 2 if (not self.stable and profile.duplicate

@@ -60,6 +60,7 @@ class Oracles:
         self._committee_digest = world.committee.digest
         # Envelopes already found valid: honest replicas' certificates share most commits.
         self._valid_raw: set[bytes] = set()
+        self._digest_checked: set[bytes] = set()  # proposals whose batch hashes to their digest
 
     @property
     def safe(self) -> bool:
@@ -116,8 +117,12 @@ class Oracles:
         if proposal.replica != committee.primary(proposal.view) or not self._valid(effect.proposal):
             self.violate("certificate", "pre-prepare not signed by the view's primary",
                          (member,), seq)
-        if batch_digest(proposal.timestamp, proposal.batch) != effect.digest:
-            self.violate("certificate", "batch does not hash to the agreed digest", (member,), seq)
+        if effect.proposal.raw not in self._digest_checked:
+            if batch_digest(proposal.timestamp, proposal.batch) != effect.digest:
+                self.violate("certificate", "batch does not hash to the agreed digest",
+                             (member,), seq)
+            else:
+                self._digest_checked.add(effect.proposal.raw)
         signers = set()
         for vote in effect.certificate:
             message = vote.message

@@ -63,13 +63,24 @@ from bftdeliberate.wire.messages import Reply as ReplyMessage
 
 #: Most recent drop records kept for inspection (the counters keep the totals).
 RECENT_DROPS_KEPT = 256
+#: Domain tag of batch digests (never confused with any other hashed structure).
+BATCH_DIGEST_TAG = b"bftdeliberate/batch/v1\x00"
 #: Result returned when the application raised: deterministic, so replicas still agree.
 APPLICATION_EXCEPTION_RESULT = cbor.encode({"ok": False, "error": "application-exception"})
 
 
 def batch_digest(timestamp: int, batch: tuple[bytes, ...]) -> bytes:
-    """The digest a PRE-PREPARE binds: the agreed timestamp and the exact request envelopes."""
-    return hashlib.sha256(cbor.encode({"timestamp": timestamp, "batch": batch})).digest()
+    """The digest a PRE-PREPARE binds: the agreed timestamp and the exact request envelopes.
+
+    A fixed, unambiguous layout (tag, 8-byte timestamp, then each envelope length-prefixed)
+    rather than CBOR: it is hashed by every replica for every batch and never decoded.
+    """
+    digest = hashlib.sha256(BATCH_DIGEST_TAG)
+    digest.update(timestamp.to_bytes(8, "big"))
+    for request in batch:
+        digest.update(len(request).to_bytes(4, "big"))
+        digest.update(request)
+    return digest.digest()
 
 
 @dataclass(slots=True)

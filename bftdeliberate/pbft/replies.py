@@ -3,7 +3,7 @@
 After executing a batch a replica builds a Merkle tree (RFC 9162 hashing: leaves prefixed
 0x00, interior nodes 0x01, split at the largest power of two) over one leaf per executed
 request (``reply_leaf``), and signs a *reply-batch*
-statement ``{view, seq, replica, size, root}`` once. Each REPLY carries its leaf's index
+statement ``(view, seq, replica, size, root)`` once. Each REPLY carries its leaf's index
 and audit path; the envelope's signature is the batch signature. A client recomputes the
 root from the exact reply bytes it received and verifies that signature -- so every reply
 remains a transferable, non-repudiable statement by its replica, at 1/batch of the signing
@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 
 from bftdeliberate.crypto import PrivateKey, Verifier
-from bftdeliberate.wire import cbor
 from bftdeliberate.wire.messages import Reply, SignedMessage, encode_body, encode_envelope
 
 #: Domain-separation type of the signed statement behind every REPLY.
@@ -72,9 +71,10 @@ def root_from_path(leaf: bytes, index: int, size: int, path: tuple[bytes, ...]) 
 
 
 def batch_statement(view: int, seq: int, replica: int, size: int, root: bytes) -> bytes:
-    """The canonical bytes a replica signs once per executed batch."""
-    return cbor.encode({"type": REPLY_BATCH_TYPE, "view": view, "seq": seq, "replica": replica,
-                        "size": size, "root": root})
+    """The bytes a replica signs once per executed batch: a fixed layout (never decoded,
+    domain-separated by the signing type ``reply-batch``)."""
+    return b"".join((view.to_bytes(8, "big"), seq.to_bytes(8, "big"),
+                     replica.to_bytes(2, "big"), size.to_bytes(2, "big"), root))
 
 
 def sign_replies(

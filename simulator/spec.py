@@ -1,0 +1,737 @@
+"""Scenario spec v1: a simulated run described as data (DESIGN.md section 8, issue 3).
+
+A scenario is one JSON object, validated by the pydantic models below (unknown fields are an
+error everywhere; the models are frozen). ``scenario_json_schema()`` publishes the same rules
+as a JSON Schema. Example::
+
+    {"spec": 1, "name": "my-scenario", "n": 4, "seed": 7,
+     "workload": {"clients": 2, "requests": 50},
+     "network": {"delay_ms": [1, 20], "loss": 0.0, "duplicate": 0.0, "reorder": true},
+     "byzantine": [{"member": 0, "behaviour": "equivocate", "params": {"mode": "digest"}}],
+     "events": [{"at_ms": 1000, "partition": [[0, 1], [2, 3]]},
+                {"at_ms": 5000, "heal": true}],
+     "clock": {"skew_ms": 50, "drift": 0.01},
+     "gst_ms": 30000, "max_time_ms": 300000,
+     "expect": {"safety": true, "liveness": true}}
+
+Semantics worth knowing:
+
+* ``byzantine``: one entry per behaviour; entries for the same member compose. Behaviour
+  ``twin`` (``params.groups``: two lists of members, one per instance) runs two honest
+  instances under the member's key. A Byzantine *client* is an entry with ``"client":
+  "client-0"`` instead of ``"member"`` and behaviour ``bad-client``.
+* ``events``: each has ``at_ms`` and exactly one action; times never decrease. In a
+  ``partition``, members listed in no group form one more group together (``[[3]]`` cuts
+  member 3 off from everyone else). Network faults (partition, one_way, clog) happen before
+  ``gst_ms``: at GST loss and duplication stop and every partition and clog heals.
+* ``expect.liveness``: true -- every request completes by ``max_time_ms``; false -- it must
+  not; null or absent -- reported, not checked. ``expect.safety`` true is only promised with
+  at most f Byzantine members (f+1 makes a negative control with ``"safety": false``).
+* ``generator``: built-in scenarios whose faults depend on n or on the seed (``chaos``,
+  ``over-threshold``) name a generator here; ``resolve()`` turns them into an ordinary spec,
+  which is what a run reports.
+* ``replica`` (an addition to the issue's format, optional): the replicas' checkpoint
+  interval, log window and batch size, so 50-request runs can cross checkpoints.
+
+Errors are one line naming the file and the field (``ConfigError``), e.g.
+``my.json: events.2.at_ms: times out of order (2000 after 4000)``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from bftdeliberate.errors import ConfigError
+from bftdeliberate.pbft.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHECKPOINT_INTERVAL,
+    DEFAULT_LOG_WINDOW,
+    DEFAULT_TIMESTAMP_SKEW,
+)
+from bftdeliberate.wire.limits import MAX_BATCH_SIZE
+
+SPEC_VERSION = 1
+#: n = 3f+1 with f >= 1.
+MIN_MEMBERS = 4
+#: Simulated committees beyond this are too slow to be useful in Python (and to sweep).
+MAX_MEMBERS = 64
+MAX_CLIENTS = 64
+MAX_REQUESTS = 100_000
+#: One simulated hour: a longer run is a mistake, not a scenario.
+MAX_TIME_MS = 3_600_000.0
+MAX_DELAY_MS = 60_000.0
+#: Clock offsets beyond the replicas' timestamp tolerance only make backups reject every
+#: batch; allow up to that tolerance.
+MAX_SKEW_MS = DEFAULT_TIMESTAMP_SKEW * 1000
+#: Rate error of a local clock (10 % is already absurd for a quartz clock).
+MAX_DRIFT = 0.1
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+#: Behaviours this module handles itself (the rest are ``simulator.byzantine.BEHAVIOURS``).
+TWIN = "twin"
+BAD_CLIENT = "bad-client"
+#: Fields a generator fills in; a generator scenario's file must leave them out.
+GENERATED_FIELDS = ("network", "byzantine", "events", "clock")
+
+SCENARIO_DIR = "scenarios"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Workload(_Model):
+    """Closed loop: each client has one request outstanding and sends the next on completion."""
+
+    clients: int = Field(2, ge=1, le=MAX_CLIENTS, description="authorised clients")
+    requests: int = Field(50, ge=1, le=MAX_REQUESTS, description="requests in total")
+
+
+class NetworkSpec(_Model):
+    delay_ms: tuple[float, float] = Field(
+        (1.0, 20.0), description="uniform one-way delay range [low, high] in ms")
+    loss: float = Field(0.0, ge=0.0, le=1.0, description="probability a message is lost")
+    duplicate: float = Field(0.0, ge=0.0, le=1.0,
+                             description="probability a message is delivered twice")
+    reorder: bool = Field(True, description="false: each link is FIFO")
+
+    @model_validator(mode="after")
+    def _delay_range(self) -> NetworkSpec:
+        low, high = self.delay_ms
+        if not 0.0 <= low <= high <= MAX_DELAY_MS:
+            raise _field_error("delay_ms", f"need 0 <= low <= high <= {MAX_DELAY_MS:g}, "
+                                           f"got [{low:g}, {high:g}]")
+        return self
+
+
+class ClockSpec(_Model):
+    skew_ms: float = Field(0.0, ge=0.0, le=MAX_SKEW_MS,
+                           description="each member's clock offset is uniform in +-skew_ms")
+    drift: float = Field(0.0, ge=0.0, le=MAX_DRIFT,
+                         description="each member's clock rate error is uniform in +-drift")
+
+
+class ReplicaSpec(_Model):
+    checkpoint_interval: int = Field(DEFAULT_CHECKPOINT_INTERVAL, ge=1)
+    log_window: int = Field(DEFAULT_LOG_WINDOW, ge=2)
+    batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1, le=MAX_BATCH_SIZE)
+
+    @model_validator(mode="after")
+    def _window(self) -> ReplicaSpec:
+        k, window = self.checkpoint_interval, self.log_window
+        if window < 2 * k or window % k:
+            raise _field_error("log_window", f"must be a multiple of checkpoint_interval ({k}) "
+                                             f"and at least twice it, got {window}")
+        return self
+
+
+class ByzantineEntry(_Model):
+    member: int | None = Field(None, ge=0, description="the Byzantine member (or use client)")
+    client: str | None = Field(None, description="a Byzantine client (behaviour bad-client)")
+    behaviour: str = Field(description="a behaviour name (see bftd sim list)")
+    params: dict[str, Any] = Field(default_factory=dict)
+    from_ms: float = Field(0.0, ge=0.0, le=MAX_TIME_MS,
+                           description="simulated time the behaviour starts")
+
+    @model_validator(mode="after")
+    def _one_subject(self) -> ByzantineEntry:
+        if (self.member is None) == (self.client is None):
+            raise _field_error("member", "give exactly one of member and client")
+        if self.client is not None and self.behaviour != BAD_CLIENT:
+            raise _field_error("behaviour", f"a client can only be {BAD_CLIENT!r}, "
+                                            f"got {self.behaviour!r}")
+        if self.member is not None and self.behaviour == BAD_CLIENT:
+            raise _field_error("behaviour", f"{BAD_CLIENT!r} needs client, not member")
+        return self
+
+
+class OneWay(_Model):
+    senders: list[int] = Field(alias="from", min_length=1,
+                               description="members whose messages are dropped ...")
+    receivers: list[int] = Field(alias="to", min_length=1, description="... to these members")
+
+
+class Clog(_Model):
+    members: list[int] = Field(min_length=1)
+    for_ms: float = Field(gt=0.0, le=MAX_TIME_MS, description="how long their links stall")
+
+
+#: The action fields of an event (exactly one per event).
+EVENT_ACTIONS = ("partition", "one_way", "clog", "crash", "restart", "heal")
+
+
+class Event(_Model):
+    at_ms: float = Field(ge=0.0, le=MAX_TIME_MS)
+    partition: list[list[int]] | None = Field(
+        None, description="groups that can talk only inside; unlisted members form one more")
+    one_way: OneWay | None = None
+    clog: Clog | None = None
+    crash: int | None = Field(None, ge=0)
+    lose_unsynced: bool | None = Field(None, description="with crash: drop unsynced writes "
+                                                         "(default true)")
+    restart: int | None = Field(None, ge=0)
+    heal: Literal[True] | None = Field(None, description="end partitions, one-way blocks, clogs")
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Event:
+        actions = [name for name in EVENT_ACTIONS if getattr(self, name) is not None]
+        if len(actions) != 1:
+            raise _field_error("at_ms", "an event needs exactly one of "
+                                        f"{', '.join(EVENT_ACTIONS)}; got "
+                                        f"{', '.join(actions) or 'none'}")
+        if self.lose_unsynced is not None and self.crash is None:
+            raise _field_error("lose_unsynced", "only goes with crash")
+        return self
+
+    @property
+    def action(self) -> str:
+        return next(name for name in EVENT_ACTIONS if getattr(self, name) is not None)
+
+
+class Expect(_Model):
+    safety: bool = Field(True, description="false: a negative control that must be violated")
+    liveness: bool | None = Field(None, description="null: reported, not checked")
+
+
+class Scenario(_Model):
+    """Scenario spec v1."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              title="bftdeliberate scenario spec v1")
+
+    spec: Literal[1] = Field(description="spec format version")
+    name: str = Field(pattern=NAME_PATTERN)
+    description: str = ""
+    generator: Literal["chaos", "over-threshold"] | None = Field(
+        None, description="built-in: faults generated from n and the seed")
+    n: int = Field(4, ge=MIN_MEMBERS, le=MAX_MEMBERS, description="members (3f+1)")
+    seed: int = Field(0, ge=0, le=2**63 - 1)
+    workload: Workload = Workload()
+    network: NetworkSpec = NetworkSpec()
+    byzantine: list[ByzantineEntry] = Field(default_factory=list)
+    events: list[Event] = Field(default_factory=list)
+    clock: ClockSpec = ClockSpec()
+    replica: ReplicaSpec = ReplicaSpec()
+    gst_ms: float = Field(30_000.0, ge=0.0, le=MAX_TIME_MS,
+                          description="global stabilisation time: network faults stop")
+    max_time_ms: float = Field(300_000.0, gt=0.0, le=MAX_TIME_MS,
+                               description="simulated time budget of the whole run")
+    expect: Expect = Expect()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Scenario:
+        _check_scenario(self)
+        return self
+
+    @property
+    def f(self) -> int:
+        return (self.n - 1) // 3
+
+    @property
+    def byzantine_members(self) -> list[int]:
+        return sorted({entry.member for entry in self.byzantine if entry.member is not None})
+
+    def with_overrides(self, *, n: int | None = None, seed: int | None = None,
+                       requests: int | None = None) -> Scenario:
+        """The same scenario with command-line overrides, validated again."""
+        # Only what the file set: a generator still knows which fields it may draw.
+        data = self.model_dump(by_alias=True, exclude_unset=True)
+        if n is not None:
+            data["n"] = n
+        if seed is not None:
+            data["seed"] = seed
+        if requests is not None:
+            data["workload"] = {**data.get("workload", {}), "requests": requests}
+        flags = " ".join(f"--{name} {value}" for name, value in
+                         (("n", n), ("seed", seed), ("requests", requests)) if value is not None)
+        return _validate(data, f"{_origin(self)} (with {flags})", self.source)
+
+    @property
+    def source(self) -> str | None:
+        """Where this scenario came from: ``builtin:NAME`` or a file path (for repro lines)."""
+        return self._source
+
+    #: Set by the loaders; not part of the spec.
+    _source: str | None = PrivateAttr(default=None)
+
+
+# ------------------------------------------------------------------ validation
+
+
+def _field_error(where: str, why: str) -> PydanticCustomError:
+    """An error at a named field of the model being validated (pydantic then has no location,
+    so the field path is part of the message; ``_one_line`` prints it as such)."""
+    return PydanticCustomError("scenario", "{where}: {why}", {"where": where, "why": why})
+
+
+def _members_in_range(where: str, members: list[int], n: int) -> None:
+    for index, member in enumerate(members):
+        if not 0 <= member < n:
+            raise _field_error(f"{where}.{index}", f"member {member} does not exist (n={n}, "
+                                                   f"members are 0..{n - 1})")
+
+
+def _origin(scenario: Scenario) -> str:
+    """How error messages name a scenario: its file, or the built-in's name."""
+    source = scenario.source
+    if source is None:
+        return f"scenario {scenario.name}"
+    return f"built-in scenario {source[len('builtin:'):]}" if source.startswith(
+        "builtin:") else source
+
+
+def _byzantine_api():  # noqa: ANN202 - the module, or None while it does not exist
+    try:
+        from simulator import byzantine
+    except ModuleNotFoundError as missing:
+        if missing.name != "simulator.byzantine":
+            raise  # a broken import inside byzantine.py is a bug, not an absence
+        return None
+    return byzantine
+
+
+def known_behaviours() -> list[str]:
+    api = _byzantine_api()
+    names = set(api.BEHAVIOURS) if api is not None else set()
+    return sorted(names | {TWIN, BAD_CLIENT})
+
+
+def _check_byzantine(scenario: Scenario) -> None:
+    n = scenario.n
+    clients = [f"client-{j}" for j in range(scenario.workload.clients)]
+    api = _byzantine_api()
+    twins: set[int] = set()
+    others: set[int] = set()
+    for index, entry in enumerate(scenario.byzantine):
+        where = f"byzantine.{index}"
+        if entry.member is not None and entry.member >= n:
+            raise _field_error(f"{where}.member", f"member {entry.member} does not exist "
+                                                  f"(n={n}, members are 0..{n - 1})")
+        if entry.client is not None and entry.client not in clients:
+            raise _field_error(f"{where}.client", f"no client {entry.client!r} (the workload "
+                                                  f"has client-0..client-{len(clients) - 1})")
+        if entry.from_ms > scenario.max_time_ms:
+            raise _field_error(f"{where}.from_ms", "after max_time_ms")
+        if api is None:
+            raise _field_error(f"{where}.behaviour", "Byzantine behaviours are not available "
+                                                     "(simulator.byzantine is missing)")
+        if entry.behaviour == TWIN:
+            _check_twin(f"{where}.params", entry.params, n, clients)
+            if entry.member in twins:
+                raise _field_error(f"{where}.member", f"member {entry.member} is a twin twice")
+            twins.add(entry.member)  # type: ignore[arg-type]
+            continue
+        params = dict(entry.params)
+        try:
+            if entry.behaviour == BAD_CLIENT:
+                api.validate_bad_client(params)
+                table = api.BAD_CLIENT_PARAMS
+            else:
+                others.add(entry.member)  # type: ignore[arg-type]
+                if entry.behaviour not in api.BEHAVIOURS:
+                    raise _field_error(f"{where}.behaviour",
+                                       f"unknown behaviour {entry.behaviour!r} (known: "
+                                       f"{', '.join(known_behaviours())})")
+                api.validate_behaviour(entry.behaviour, params)
+                table = api.BEHAVIOURS[entry.behaviour].PARAMS
+        except ValueError as exc:
+            raise _field_error(f"{where}.params", _first_line(exc)) from None
+        # Member ids inside parameters must exist at this n (checked again after --n).
+        for name, param in table.items():
+            if param.kind in ("members", "nodes") and params.get(name) is not None:
+                members = [m for m in params[name] if type(m) is int]
+                _members_in_range(f"{where}.params.{name}", members, n)
+    both = twins & others
+    if both:
+        raise _field_error("byzantine", f"member {min(both)} is a twin and has other "
+                                        "behaviours; a twin is two honest instances")
+    if scenario.expect.safety and len(scenario.byzantine_members) > scenario.f:
+        raise _field_error("expect.safety", f"true is not promised with "
+                                            f"{len(scenario.byzantine_members)} Byzantine "
+                                            f"members at n={n} (f={scenario.f}); "
+                                            "a negative control says false")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "invalid parameters"
+
+
+def _check_twin(where: str, params: dict[str, Any], n: int, clients: list[str]) -> None:
+    """``groups``: two lists of members (and client ids: a client's requests then reach only
+    that side's instance); optional ``isolate`` (default true: each instance sends only to
+    its side)."""
+    unknown = set(params) - {"groups", "isolate"}
+    if unknown or "groups" not in params:
+        raise _field_error(where, "twin takes groups (required) and isolate; got "
+                                  f"{', '.join(sorted(params)) or 'nothing'}")
+    if "isolate" in params and type(params["isolate"]) is not bool:
+        raise _field_error(f"{where}.isolate", "true or false")
+    groups = params["groups"]
+    if not isinstance(groups, list) or len(groups) != 2 or not all(
+            isinstance(group, list) for group in groups):
+        raise _field_error(f"{where}.groups", "need two lists of members (or client ids)")
+    for side, group in enumerate(groups):
+        for index, node in enumerate(group):
+            if isinstance(node, str):
+                if node not in clients:
+                    raise _field_error(f"{where}.groups.{side}.{index}",
+                                       f"no client {node!r} (the workload has "
+                                       f"client-0..client-{len(clients) - 1})")
+            elif type(node) is not int:
+                raise _field_error(f"{where}.groups.{side}.{index}",
+                                   "a member id or a client id")
+            elif not 0 <= node < n:
+                raise _field_error(f"{where}.groups.{side}.{index}",
+                                   f"member {node} does not exist (n={n}, members are "
+                                   f"0..{n - 1})")
+
+
+def _check_events(scenario: Scenario) -> None:
+    n = scenario.n
+    previous = 0.0
+    down: set[int] = set()
+    for index, event in enumerate(scenario.events):
+        where = f"events.{index}"
+        if event.at_ms < previous:
+            raise _field_error(f"{where}.at_ms", f"times out of order ({event.at_ms:g} after "
+                                                 f"{previous:g})")
+        previous = event.at_ms
+        if event.at_ms > scenario.max_time_ms:
+            raise _field_error(f"{where}.at_ms", f"after max_time_ms ({event.at_ms:g} > "
+                                                 f"{scenario.max_time_ms:g})")
+        action = event.action
+        if action in ("partition", "one_way", "clog") and event.at_ms >= scenario.gst_ms:
+            raise _field_error(f"{where}.at_ms", f"a network fault at or after gst_ms "
+                                                 f"({scenario.gst_ms:g}): faults stop at GST")
+        if event.partition is not None:
+            seen: set[int] = set()
+            for group_index, group in enumerate(event.partition):
+                if not group:
+                    raise _field_error(f"{where}.partition.{group_index}", "an empty group")
+                _members_in_range(f"{where}.partition.{group_index}", group, n)
+                twice = seen & set(group)
+                if twice:
+                    raise _field_error(f"{where}.partition.{group_index}",
+                                       f"member {min(twice)} is in two groups")
+                seen |= set(group)
+        elif event.one_way is not None:
+            _members_in_range(f"{where}.one_way.from", event.one_way.senders, n)
+            _members_in_range(f"{where}.one_way.to", event.one_way.receivers, n)
+        elif event.clog is not None:
+            _members_in_range(f"{where}.clog.members", event.clog.members, n)
+        elif event.crash is not None:
+            if event.crash >= n:
+                raise _field_error(f"{where}.crash", f"member {event.crash} does not exist "
+                                                     f"(n={n}, members are 0..{n - 1})")
+            if event.crash in down:
+                raise _field_error(f"{where}.crash", f"member {event.crash} is already down")
+            down.add(event.crash)
+        elif event.restart is not None:
+            if event.restart >= n:
+                raise _field_error(f"{where}.restart", f"member {event.restart} does not exist "
+                                                       f"(n={n}, members are 0..{n - 1})")
+            if event.restart not in down:
+                raise _field_error(f"{where}.restart", f"member {event.restart} is not down "
+                                                       f"at {event.at_ms:g} ms")
+            down.discard(event.restart)
+
+
+def _check_scenario(scenario: Scenario) -> None:
+    if scenario.gst_ms > scenario.max_time_ms:
+        raise _field_error("gst_ms", f"after max_time_ms ({scenario.gst_ms:g} > "
+                                     f"{scenario.max_time_ms:g})")
+    if scenario.generator is not None:
+        filled = [name for name in GENERATED_FIELDS if name in scenario.model_fields_set]
+        if filled:
+            raise _field_error(filled[0], f"generator {scenario.generator!r} fills this in; "
+                                          "leave it out")
+        return
+    _check_byzantine(scenario)
+    _check_events(scenario)
+
+
+def _one_line(error: ValidationError) -> str:
+    """The first error of a validation failure, as ``field.path: what is wrong``."""
+    errors = error.errors(include_url=False)
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"])
+    kind, message = first["type"], first["msg"]
+    if kind == "extra_forbidden":
+        message = "unknown field"
+    elif kind == "missing":
+        message = "required field missing"
+    elif first["loc"] == ("n",) and kind == "greater_than_equal":
+        message = (f"a committee needs n >= {MIN_MEMBERS} (n = 3f+1, f >= 1); "
+                   f"got {first['input']!r}")
+    elif kind == "literal_error" and first["loc"] == ("spec",):
+        message = (f"unsupported spec version {first['input']!r} (this bftd reads spec "
+                   f"{SPEC_VERSION})")
+    elif kind == "scenario":
+        # Our own errors carry their field path; prefix the model's location if nested.
+        inner = first["ctx"]["where"]
+        where = f"{where}.{inner}" if where else inner
+        message = first["ctx"]["why"]
+    elif not isinstance(first.get("input"), (dict, list)):
+        message = f"{message} (got {first['input']!r})"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {message}{more}" if where else f"{message}{more}"
+
+
+def _validate(data: Any, origin: str, source: str | None) -> Scenario:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: a scenario is a JSON object, got {type(data).__name__}")
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: {_one_line(exc)}") from None
+    scenario._source = source
+    return scenario
+
+
+# --------------------------------------------------------------------- loading
+
+
+def builtin_names() -> list[str]:
+    folder = resources.files("simulator").joinpath(SCENARIO_DIR)
+    return sorted(entry.name[: -len(".json")] for entry in folder.iterdir()
+                  if entry.name.endswith(".json"))
+
+
+def load_builtin(name: str) -> Scenario:
+    names = builtin_names()
+    if name not in names:
+        raise ConfigError(f"--scenario: no built-in scenario {name!r} (known: {', '.join(names)})")
+    text = resources.files("simulator").joinpath(SCENARIO_DIR, f"{name}.json").read_text()
+    return _validate(_parse_json(text, f"built-in scenario {name}"), f"built-in scenario {name}",
+                     f"builtin:{name}")
+
+
+def load_file(path: str | Path) -> Scenario:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return _validate(_parse_json(text, str(path)), str(path), str(path))
+
+
+def load_scenario(name: str | None = None, path: str | Path | None = None) -> Scenario:
+    """A built-in scenario by name, or a user's spec file."""
+    if (name is None) == (path is None):
+        raise ConfigError("give exactly one of a scenario name and a spec file")
+    return load_builtin(name) if name is not None else load_file(path)  # type: ignore[arg-type]
+
+
+def _parse_json(text: str, origin: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{origin}: not valid JSON: {exc.msg} (line {exc.lineno} "
+                          f"column {exc.colno})") from None
+
+
+def scenario_json_schema() -> dict[str, Any]:
+    """The published JSON Schema of scenario spec v1."""
+    schema = Scenario.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://bftdeliberate.dev/schemas/scenario-v1.json"
+    schema["description"] = (
+        "A simulated run as data. Byzantine entries: 'member' + behaviour, or 'client' + "
+        "'bad-client'; behaviour 'twin' takes params.groups (two member lists). Each event "
+        "has at_ms and exactly one action; times never decrease; network faults come before "
+        "gst_ms. Members listed in no partition group form one more group.")
+    return schema
+
+
+# ------------------------------------------------------------------- generators
+
+
+def resolve(scenario: Scenario) -> Scenario:
+    """A concrete scenario: generator scenarios expanded for their n and seed."""
+    if scenario.generator is None:
+        return scenario
+    data = scenario.model_dump(by_alias=True, exclude_unset=True)
+    data.pop("generator")
+    explicit_n = "n" in scenario.model_fields_set
+    if scenario.generator == "chaos":
+        data.update(generate_chaos(scenario.seed, scenario.n if explicit_n else None,
+                                   scenario.workload.clients))
+    else:
+        data.update(generate_over_threshold(scenario.n, scenario.workload.clients))
+    return _validate(data, f"{_origin(scenario)} (generated)", scenario.source)
+
+
+def generate_over_threshold(n: int, clients: int) -> dict[str, Any]:
+    """f+1 twins (members 0..f, the primary among them) and two sides of f honest members
+    each: each side is twins + f honest = 2f+1, a quorum, so both sides can commit. Each side
+    also gets its own clients (client-0 on side A, client-1 on side B, ...), so the twin
+    primary's two instances order different requests at the same sequence numbers: two
+    honest members execute different batches, which the negative control must report."""
+    f = (n - 1) // 3
+    twins = list(range(f + 1))
+    honest = list(range(f + 1, n))
+    sides: list[list[int | str]] = [[*twins, *honest[:f]], [*twins, *honest[f:]]]
+    for j in range(clients):
+        sides[j % 2].append(f"client-{j}")
+    return {"byzantine": [{"member": m, "behaviour": TWIN, "params": {"groups": sides}}
+                          for m in twins]}
+
+
+#: Committee sizes the chaos generator draws from (the sizes the issue names).
+CHAOS_SIZES = (4, 7, 10, 13, 16)
+CHAOS_MAX_LOSS = 0.30
+CHAOS_MAX_DUPLICATE = 0.50
+CHAOS_MAX_LOW_DELAY_MS = 5.0
+CHAOS_MAX_DELAY_SPREAD_MS = 50.0
+CHAOS_MAX_SKEW_MS = 200.0
+CHAOS_MAX_DRIFT = 0.01
+#: Faults happen before GST, which falls in this range; then the liveness budget follows.
+CHAOS_GST_MS = (2_000.0, 10_000.0)
+CHAOS_LIVENESS_BUDGET_MS = 30_000.0
+CHAOS_MAX_PARTITIONS = 2
+CHAOS_MAX_CLOGS = 2
+CHAOS_MAX_CLOG_MS = 5_000.0
+#: Probability that the run has a Byzantine client, a one-way block, a crash-restart.
+CHAOS_BAD_CLIENT_CHANCE = 0.2
+CHAOS_ONE_WAY_CHANCE = 0.3
+CHAOS_CRASH_CHANCE = 0.3
+#: Probability of a small checkpoint interval (checkpoints and watermarks then really move).
+CHAOS_SMALL_LOG_CHANCE = 0.5
+CHAOS_SMALL_CHECKPOINT_INTERVAL = 8
+CHAOS_SMALL_LOG_WINDOW = 16
+#: Behaviours per Byzantine member (drawn from every behaviour; the generated spec is
+#: validated like any other, so parameter drift in byzantine.py fails loudly).
+CHAOS_MAX_BEHAVIOURS_PER_MEMBER = 2
+#: Probability that a Byzantine member is a twin rather than a set of behaviours.
+CHAOS_TWIN_CHANCE = 0.25
+CHAOS_SEQ_TARGETS = ["above-window", "max-seq", "at-low-watermark", "below-low-watermark",
+                     "gap-votes", "gap-proposal"]
+#: Flood stays a multiplier of a few: a 100x flood is a benchmark of its own, not a seed-run.
+CHAOS_MAX_FLOOD_RATE = 5
+#: Largest junk frames chaos draws (the ``flood`` scenario sends oversized ones; random
+#: megabytes per step would make chaos a benchmark of the random generator).
+CHAOS_JUNK_BYTES = (256, 4096, 65_536)
+CHAOS_MAX_SLOW_MS = 500.0
+
+
+def _chaos_params(behaviour: str, rng: random.Random, n: int) -> dict[str, Any]:
+    """Parameters for one behaviour (names from each class's PARAMS in simulator/byzantine.py;
+    whatever is not drawn keeps its default)."""
+    samplers: dict[str, Any] = {
+        "equivocate": lambda: {"mode": rng.choice(["digest", "seq"]),
+                               "reveal": rng.random() < 0.5},
+        "seq-abuse": lambda: {"targets": sorted(rng.sample(CHAOS_SEQ_TARGETS,
+                                                           rng.randint(1, 3))),
+                              "gap": rng.randint(1, 5)},
+        "flood": lambda: {"rate": rng.randint(2, CHAOS_MAX_FLOOD_RATE),
+                          "junk_frames": rng.randint(0, 2),
+                          "max_bytes": rng.choice(CHAOS_JUNK_BYTES),
+                          "oversized": rng.random() < 0.5},
+        "selective": lambda: {"drop_to": sorted(rng.sample(range(n), rng.randint(1, n - 1)))},
+        "slow": lambda: {"delay_ms": round(rng.uniform(1.0, CHAOS_MAX_SLOW_MS), 3),
+                         "jitter_ms": round(rng.uniform(0.0, CHAOS_MAX_SLOW_MS / 2), 3)},
+        "duplicate-votes": lambda: {"copies": rng.randint(1, 5),
+                                    "conflicting": rng.random() < 0.5},
+        "replay": lambda: {"every_ms": round(rng.uniform(20.0, 500.0), 3),
+                           "count": rng.randint(1, 5)},
+        "wrong-digest": lambda: {"keep_honest": rng.random() < 0.5},
+        "fake-checkpoint": lambda: {"keep_honest": rng.random() < 0.5},
+    }
+    sampler = samplers.get(behaviour)
+    return sampler() if sampler is not None else {}
+
+
+def generate_chaos(seed: int, n: int | None, clients: int) -> dict[str, Any]:
+    """A seeded swarm of faults: everything below is a function of ``seed`` (and of ``n`` when
+    the command line fixes it). n is always drawn first, so ``--n`` with the n the seed would
+    have drawn gives exactly the seed's own run (repro lines always name --n)."""
+    rng = random.Random(f"chaos/{seed}")
+    drawn_n = rng.choice(CHAOS_SIZES)
+    n = drawn_n if n is None else n
+    f = (n - 1) // 3
+    gst = round(rng.uniform(*CHAOS_GST_MS))
+    low = round(rng.uniform(0.0, CHAOS_MAX_LOW_DELAY_MS), 3)
+    high = round(low + rng.uniform(1.0, CHAOS_MAX_DELAY_SPREAD_MS), 3)
+    data: dict[str, Any] = {
+        "n": n,
+        "network": {"delay_ms": [low, high],
+                    "loss": round(rng.uniform(0.0, CHAOS_MAX_LOSS), 4),
+                    "duplicate": round(rng.uniform(0.0, CHAOS_MAX_DUPLICATE), 4),
+                    "reorder": rng.random() < 0.8},
+        "clock": {"skew_ms": round(rng.uniform(0.0, CHAOS_MAX_SKEW_MS), 3),
+                  "drift": round(rng.uniform(0.0, CHAOS_MAX_DRIFT), 5)},
+        "gst_ms": gst,
+        "max_time_ms": gst + CHAOS_LIVENESS_BUDGET_MS,
+    }
+    if rng.random() < CHAOS_SMALL_LOG_CHANCE:
+        data["replica"] = {"checkpoint_interval": CHAOS_SMALL_CHECKPOINT_INTERVAL,
+                           "log_window": CHAOS_SMALL_LOG_WINDOW,
+                           "batch_size": rng.choice([1, 10, DEFAULT_BATCH_SIZE])}
+
+    api = _byzantine_api()
+    members = list(range(n))
+    byzantine_members = sorted(rng.sample(members, rng.randint(0, f)))
+    entries: list[dict[str, Any]] = []
+    names = sorted(api.BEHAVIOURS) if api is not None else []
+    for member in byzantine_members:
+        if not names or rng.random() < CHAOS_TWIN_CHANCE:
+            # Each instance talks to a different half of the others.
+            others = [m for m in members if m != member]
+            half = set(rng.sample(others, len(others) // 2))
+            groups = [sorted(half | {member}), sorted(set(others) - half | {member})]
+            entries.append({"member": member, "behaviour": TWIN, "params": {"groups": groups}})
+            continue
+        for behaviour in rng.sample(names, rng.randint(1, CHAOS_MAX_BEHAVIOURS_PER_MEMBER)):
+            params = _chaos_params(behaviour, rng, n)  # validated with the generated spec
+            entries.append({"member": member, "behaviour": behaviour, "params": params,
+                            "from_ms": rng.choice([0, round(rng.uniform(0, gst))])})
+    if api is not None and rng.random() < CHAOS_BAD_CLIENT_CHANCE:
+        entries.append({"client": f"client-{rng.randrange(clients)}", "behaviour": BAD_CLIENT,
+                        "params": {"corrupt_for": sorted(rng.sample(members, rng.randint(0, f))),
+                                   "conflicting": rng.random() < 0.5}})
+    data["byzantine"] = entries
+
+    events: list[dict[str, Any]] = []
+    for _ in range(rng.randint(0, CHAOS_MAX_PARTITIONS)):
+        start = rng.uniform(0, gst)
+        cut = rng.sample(members, rng.randint(1, n - 1))
+        events.append({"at_ms": start, "partition": [sorted(cut)]})
+        events.append({"at_ms": rng.uniform(start, gst), "heal": True})
+    for _ in range(rng.randint(0, CHAOS_MAX_CLOGS)):
+        events.append({"at_ms": rng.uniform(0, gst),
+                       "clog": {"members": sorted(rng.sample(members, rng.randint(1, f))),
+                                "for_ms": round(rng.uniform(1.0, CHAOS_MAX_CLOG_MS), 3)}})
+    if rng.random() < CHAOS_ONE_WAY_CHANCE:
+        sender = rng.randrange(n)
+        events.append({"at_ms": rng.uniform(0, gst),
+                       "one_way": {"from": [sender],
+                                   "to": [m for m in members if m != sender]}})
+    if rng.random() < CHAOS_CRASH_CHANCE:
+        honest = [m for m in members if m not in byzantine_members]
+        member = rng.choice(honest)
+        crash_at = rng.uniform(0, gst)
+        events.append({"at_ms": crash_at, "crash": member, "lose_unsynced": rng.random() < 0.5})
+        events.append({"at_ms": rng.uniform(crash_at, gst + CHAOS_LIVENESS_BUDGET_MS / 2),
+                       "restart": member})
+    # Stable sort by time (a heal drawn before its partition's start is impossible by
+    # construction; equal times keep their drawing order).
+    for event in events:
+        event["at_ms"] = round(event["at_ms"], 3)
+    data["events"] = sorted(events, key=lambda event: event["at_ms"])
+    return data
