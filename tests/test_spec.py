@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
+import jsonschema
 import pytest
 
 from bftdeliberate.errors import ConfigError
@@ -81,7 +82,6 @@ def test_schema_forbids_unknown_fields_everywhere():
 
 
 def test_built_ins_satisfy_the_schema():
-    jsonschema = pytest.importorskip("jsonschema")
     schema = scenario_json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
