@@ -257,8 +257,10 @@ class Replica:
         return effects
 
     def next_deadline(self) -> float | None:
-        deadlines = [d for d in (self._batch_deadline, self._retransmit_at) if d is not None]
-        return min(deadlines) if deadlines else None
+        batch, retransmit = self._batch_deadline, self._retransmit_at
+        if batch is None or retransmit is None:
+            return retransmit if batch is None else batch
+        return min(batch, retransmit)
 
     # --------------------------------------------------------------- requests
 
