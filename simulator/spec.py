@@ -335,16 +335,16 @@ def _check_byzantine(scenario: Scenario) -> None:
             twins.add(entry.member)  # type: ignore[arg-type]
             continue
         params = dict(entry.params)
+        if entry.behaviour != BAD_CLIENT and entry.behaviour not in api.BEHAVIOURS:
+            raise _field_error(f"{where}.behaviour",
+                               f"unknown behaviour {entry.behaviour!r} (known: "
+                               f"{', '.join(known_behaviours())})")
         try:
             if entry.behaviour == BAD_CLIENT:
                 api.validate_bad_client(params)
                 table = api.BAD_CLIENT_PARAMS
             else:
                 others.add(entry.member)  # type: ignore[arg-type]
-                if entry.behaviour not in api.BEHAVIOURS:
-                    raise _field_error(f"{where}.behaviour",
-                                       f"unknown behaviour {entry.behaviour!r} (known: "
-                                       f"{', '.join(known_behaviours())})")
                 api.validate_behaviour(entry.behaviour, params)
                 table = api.BEHAVIOURS[entry.behaviour].PARAMS
         except ValueError as exc:
