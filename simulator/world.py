@@ -175,6 +175,8 @@ class World:
         }
         self.now = 0.0
         self.link_filters: list[LinkFilter] = []
+        #: Called with (member, Execute) for every execution, after the oracles saw it.
+        self.execution_observers: list[Callable[[int, Execute], None]] = []
         self.traffic = Traffic()
         self.disks: dict[int, SimDisk] = {i: SimDisk() for i in range(n)}
         self.evidence: list[tuple[Node, Evidence]] = []
@@ -410,6 +412,8 @@ class World:
                 self.transmit(node, effect.client, effect.message.raw, "reply")
             elif isinstance(effect, Execute):
                 self.oracles.on_execute(node, effect)  # type: ignore[arg-type]
+                for observer in self.execution_observers:
+                    observer(node, effect)  # type: ignore[arg-type]
             elif isinstance(effect, Completed):
                 self._complete(node, effect)  # type: ignore[arg-type]
             elif isinstance(effect, Evidence):

@@ -357,13 +357,11 @@ def test_same_request_at_two_seqs_executes_once():
     # The primary proposes each batch again `gap` seqs later (the pbft-java bug class).
     world = byzantine_world(PRIMARY, spec("seq-abuse", targets=["gap-proposal"], gap=1))
     ordered_again: Counter = Counter()
-    check = world.oracles.on_execute
 
     def watch(member, effect):
         ordered_again[member] += effect.executed.count(False)
-        check(member, effect)
 
-    world.oracles.on_execute = watch
+    world.execution_observers.append(watch)
     run(world, max_time=STALL_TIME)  # the later honest proposals conflict: view change
     assert_safe(world)  # integrity: never executed twice
     assert counts(world, PRIMARY)["seq-abuse"]["gap-proposal"] > 0

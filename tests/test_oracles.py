@@ -16,13 +16,7 @@ def executed_world() -> tuple[World, list[tuple[int, Execute]]]:
     world = World(4, seed=3, clients=1, config=ReplicaConfig(batch_delay=0.0),
                   network=NetworkProfile(delay_ms=(1, 2)))
     seen: list[tuple[int, Execute]] = []
-    original = world.oracles.on_execute
-
-    def record(member, effect):  # noqa: ANN001
-        seen.append((member, effect))
-        original(member, effect)
-
-    world.oracles.on_execute = record  # type: ignore[method-assign]
+    world.execution_observers.append(lambda member, effect: seen.append((member, effect)))
     assert world.run_workload([kv.put("a", b"1"), kv.put("b", b"2")], max_time=10)
     assert world.violations == []
     return world, seen
