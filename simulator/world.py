@@ -269,16 +269,19 @@ class World:
 
     def transmit(self, sender: Node, to: Node, data: bytes, message_type: str) -> None:
         """Put one message on the network (filters, faults and counting apply)."""
-        for link_filter in self.link_filters:
-            filtered = link_filter(sender, to, data, message_type)
-            if filtered is None:
-                return
-            data = filtered
+        if self.link_filters:
+            for link_filter in self.link_filters:
+                filtered = link_filter(sender, to, data, message_type)
+                if filtered is None:
+                    return
+                data = filtered
         if sender == to:
             return
-        self.traffic.count(message_type, len(data))
+        traffic = self.traffic
+        traffic.messages[message_type] += 1
+        traffic.bytes[message_type] += len(data) + FRAME_HEADER_SIZE
         for arrival in self.network.arrivals(sender, to, self.now):
-            self._schedule(arrival, "deliver", to, sender, data)
+            heapq.heappush(self._events, (arrival, next(self._tiebreak), "deliver", to, sender, data))
 
     # -------------------------------------------------------------- running
 
@@ -396,33 +399,35 @@ class World:
     def _perform(self, node: Node, effects: list[Any]) -> None:
         disk = self.disks.get(node) if type(node) is int else None  # type: ignore[arg-type]
         for effect in effects:
-            if isinstance(effect, Persist):
+            kind = type(effect)  # exact types, commonest first: this loop is the hot path
+            if kind is Persist:
                 if disk is not None:
                     disk.append(effect)
                 continue
-            if disk is not None:
+            if disk is not None and disk.unsynced:
                 disk.sync()  # persist-before-send: what was recorded is durable first
-            if isinstance(effect, Send):
-                self.transmit(node, effect.to, effect.message.raw, effect.message.type)
-            elif isinstance(effect, Broadcast):
+            if kind is Broadcast:
+                raw, message_type = effect.message.raw, effect.message.type
                 for member in range(self.committee.n):
                     if member != node:
-                        self.transmit(node, member, effect.message.raw, effect.message.type)
-            elif isinstance(effect, Reply):
+                        self.transmit(node, member, raw, message_type)
+            elif kind is Send:
+                self.transmit(node, effect.to, effect.message.raw, effect.message.type)
+            elif kind is Reply:
                 self.transmit(node, effect.client, effect.message.raw, "reply")
-            elif isinstance(effect, Execute):
+            elif kind is Execute:
                 self.oracles.on_execute(node, effect)  # type: ignore[arg-type]
                 for observer in self.execution_observers:
                     observer(node, effect)  # type: ignore[arg-type]
-            elif isinstance(effect, Completed):
+            elif kind is Completed:
                 self._complete(node, effect)  # type: ignore[arg-type]
-            elif isinstance(effect, Evidence):
+            elif kind is Evidence:
                 self.evidence.append((node, effect))
-            elif isinstance(effect, CheckpointStable):
+            elif kind is CheckpointStable:
                 self.stable_checkpoints[node].append(effect.seq)  # type: ignore[index]
-            elif isinstance(effect, Delayed):
+            elif kind is Delayed:
                 self._schedule(self.now + effect.delay, "perform", node, node, effect.effect)
-        if disk is not None:
+        if disk is not None and disk.unsynced:
             disk.sync()
         self._arm(node)
 
