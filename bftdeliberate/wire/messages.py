@@ -62,8 +62,9 @@ class _Message(BaseModel):
     model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
 
     def signer(self) -> int | str:
-        """The principal whose key must verify this message."""
-        raise NotImplementedError
+        """The principal whose key must verify this message: the ``replica`` field for
+        every member's message (requests override it with their client)."""
+        return self.replica  # type: ignore[attr-defined]
 
 
 class Request(_Message):
@@ -93,30 +94,23 @@ class PrePrepare(_Message):
     replica: ReplicaId
     batch: RequestBatch
 
-    def signer(self) -> int:
-        return self.replica
 
 
-class Prepare(_Message):
+class _Vote(_Message):
+    """A member's PREPARE or COMMIT for (view, seq, digest)."""
+
+    view: Counter
+    seq: Counter
+    digest: Digest
+    replica: ReplicaId
+
+
+class Prepare(_Vote):
     type: Literal["prepare"] = "prepare"
-    view: Counter
-    seq: Counter
-    digest: Digest
-    replica: ReplicaId
-
-    def signer(self) -> int:
-        return self.replica
 
 
-class Commit(_Message):
+class Commit(_Vote):
     type: Literal["commit"] = "commit"
-    view: Counter
-    seq: Counter
-    digest: Digest
-    replica: ReplicaId
-
-    def signer(self) -> int:
-        return self.replica
 
 
 class Reply(_Message):
@@ -138,8 +132,6 @@ class Reply(_Message):
         Field(strict=False, max_length=MAX_REPLY_PATH_LENGTH),
     ]
 
-    def signer(self) -> int:
-        return self.replica
 
 
 class Checkpoint(_Message):
@@ -150,8 +142,6 @@ class Checkpoint(_Message):
     state_digest: Digest
     replica: ReplicaId
 
-    def signer(self) -> int:
-        return self.replica
 
 
 class Status(_Message):
@@ -164,8 +154,6 @@ class Status(_Message):
     low_watermark: Counter
     replica: ReplicaId
 
-    def signer(self) -> int:
-        return self.replica
 
 
 Message = Annotated[
