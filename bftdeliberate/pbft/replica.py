@@ -20,6 +20,12 @@ Byzantine input is normal input: anything malformed, forged, out of window, from
 sender or conflicting is counted in ``stats.dropped`` and dropped without allocating state;
 two conflicting signed messages from one signer become an ``Evidence`` effect.
 
+Retransmission (the status messages of Castro's thesis, normal case only): a replica with pending work and no
+progress re-sends its own messages for its lowest uncommitted slots and broadcasts a signed
+STATUS; a peer that is ahead answers with its own messages for the slots the stalled replica
+lacks, once per peer per interval. Lost messages and checkpoint/window races therefore
+delay the normal case instead of stopping it.
+
 Seams for the next issues (view change, state transfer, recovery): the view is a field and
 every slot records it; stable checkpoint proofs and own snapshots are kept; ``Persist``
 precedes every ``Send``/``Broadcast`` of a message this replica signed.

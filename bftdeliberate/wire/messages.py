@@ -146,7 +146,7 @@ class Checkpoint(_Message):
 
 class Status(_Message):
     """A stalled replica's progress: peers that are ahead re-send what it lacks (the
-    retransmission protocol of Castro's thesis, section 5.2, reduced to the normal case)."""
+    status-based retransmission of Castro's thesis, reduced to the normal case)."""
 
     type: Literal["status"] = "status"
     view: Counter
