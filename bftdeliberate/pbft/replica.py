@@ -20,9 +20,9 @@ Byzantine input is normal input: anything malformed, forged, out of window, from
 sender or conflicting is counted in ``stats.dropped`` and dropped without allocating state;
 two conflicting signed messages from one signer become an ``Evidence`` effect.
 
-Retransmission (the status messages of Castro's thesis, normal case only): a replica with pending work and no
-progress re-sends its own messages for its lowest uncommitted slots and broadcasts a signed
-STATUS; a peer that is ahead answers with its own messages for the slots the stalled replica
+Retransmission (the status messages of Castro's thesis, normal case only): a replica with
+pending work and no progress re-sends its own messages for its lowest uncommitted slots and
+broadcasts a signed STATUS; a peer that is ahead answers with its own messages for the slots the stalled replica
 lacks, once per peer per interval. Lost messages and checkpoint/window races therefore
 delay the normal case instead of stopping it.
 
