@@ -59,7 +59,6 @@ def run_demo(n: int = 4, seed: int = 7) -> DemoResult:
     # Real Ed25519 here (the simulator's fast MAC signatures are for sweeps, not for show).
     cluster = World(n, seed=seed, clients=1, config=ReplicaConfig(batch_delay=0.002),
                     network=NetworkProfile(delay_ms=(0.5, 1.0)), backend=get_backend())
-    client_id = "client-0"
     # A Byzantine member (the last one) sends a PREPARE for seq 1 that claims to be member
     # 1's; later the network replays the primary's first PRE-PREPARE. Both are dropped.
     byzantine = n - 1

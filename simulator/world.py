@@ -35,7 +35,6 @@ from bftdeliberate.pbft.effects import (
     Broadcast,
     CheckpointStable,
     Completed,
-    Effect,
     Evidence,
     Execute,
     Persist,

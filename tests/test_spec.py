@@ -7,6 +7,7 @@ import json
 
 import jsonschema
 import pytest
+from pydantic import ValidationError
 
 from bftdeliberate.errors import ConfigError
 from simulator.spec import (
@@ -173,7 +174,7 @@ def test_overrides_are_validated_again(tmp_path):
 
 def test_frozen_and_round_trips():
     scenario = load_builtin("partition-minority")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         scenario.n = 7  # type: ignore[misc]
     again = Scenario.model_validate(scenario.model_dump(by_alias=True))
     assert again.model_dump() == scenario.model_dump() and again.source is None
