@@ -136,3 +136,40 @@ def test_replayed_old_messages_change_nothing():
     after = (replica.state_digest(), replica.last_executed, replica.low_watermark,
              replica.log_size(), replica.stats.signatures, replica.stats.executed_requests)
     assert after == before
+
+
+def test_replica_cut_off_past_the_window_catches_up_by_state_transfer():
+    """Member 3 is partitioned away while the others move several checkpoints (and the log
+    window) past it; after the heal it cannot get the old slots any more, so a peer answers
+    its STATUS with the certified checkpoint state, and it rejoins with an equal digest."""
+    cluster = World(4, seed=21, clients=4, config=SMALL_LOG, network=STEADY)
+    cluster.network.partition([[0, 1, 2], [3]])
+    cluster.at(0.4, cluster.network.heal, "heal")
+    assert cluster.run_workload(operations(300), max_time=60)
+    lagging = cluster.replicas[3]
+    cluster.run(until=lambda: lagging.last_executed == cluster.replicas[0].last_executed,
+                max_time=cluster.now + 30)
+    assert lagging.stats.state_transfers >= 1
+    assert lagging.last_executed == cluster.replicas[0].last_executed
+    assert len(set(cluster.state_digests())) == 1
+    cluster.oracles.final_checks()
+    assert cluster.violations == []
+
+
+def test_state_with_a_forged_or_short_proof_is_refused():
+    from bftdeliberate.wire.messages import Checkpoint, State
+
+    g = make_genesis(4)
+    replica = g.replica(1, SMALL_LOG)
+    digest = b"\x42" * 32
+    votes = [g.sign(Checkpoint(seq=8, state_digest=digest, replica=r), r) for r in (0, 2)]
+    short = g.sign(State(seq=8, proof=tuple(v.raw for v in votes), app_snapshot=b"\xa0",
+                         clients=b"\x80", replica=2), 2)
+    assert replica.receive(2, short.raw, 1.0) == []
+    assert replica.stats.dropped["bad-state-proof"] == 1
+    # A full certificate, but the bytes do not hash to the certified digest: evidence.
+    votes.append(g.sign(Checkpoint(seq=8, state_digest=digest, replica=3), 3))
+    lying = g.sign(State(seq=8, proof=tuple(v.raw for v in votes), app_snapshot=b"\xa0",
+                         clients=b"\x80", replica=2), 2)
+    effects = replica.receive(2, lying.raw, 1.0)
+    assert [e.kind for e in effects] == ["bad-state"] and replica.last_executed == 0

@@ -19,6 +19,7 @@ from bftdeliberate.wire.messages import (
     PrePrepare,
     Reply,
     Request,
+    State,
     Status,
     decode_body,
     decode_envelope,
@@ -47,6 +48,9 @@ MESSAGES = st.one_of(
               path=st.lists(digests, max_size=MAX_REPLY_PATH_LENGTH).map(tuple)),
     st.builds(Checkpoint, seq=counters, state_digest=digests, replica=replica_ids),
     st.builds(Status, view=counters, last_executed=counters, low_watermark=counters,
+              replica=replica_ids),
+    st.builds(State, seq=counters, proof=st.lists(st.binary(max_size=64), max_size=4).map(tuple),
+              app_snapshot=st.binary(max_size=128), clients=st.binary(max_size=64),
               replica=replica_ids),
 )
 

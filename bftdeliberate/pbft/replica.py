@@ -61,6 +61,7 @@ from bftdeliberate.wire.messages import (
     PrePrepare,
     Request,
     SignedMessage,
+    State,
     Status,
     decode_envelope,
     sign_message,
@@ -125,6 +126,7 @@ class ReplicaStats:
     received: int = 0
     signatures: int = 0
     retransmissions: int = 0
+    state_transfers: int = 0
     executed_requests: int = 0
     executed_batches: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
@@ -184,7 +186,13 @@ class Replica:
 
         # Checkpoints: votes per seq in the window, own digests and snapshots, stable proof.
         self._checkpoint_votes: dict[int, dict[int, SignedMessage]] = {}
-        self._own_checkpoints: dict[int, tuple[bytes, bytes]] = {}
+        # seq -> (state digest, application snapshot, encoded reply table) at that checkpoint.
+        self._own_checkpoints: dict[int, tuple[bytes, bytes, bytes]] = {}
+        self._state_message: SignedMessage | None = None  # signed State for the stable seq
+        # Highest seq each member was seen working on above our window, and the seq that
+        # f+1 of them (so at least one honest) have passed: evidence that we are behind.
+        self._ahead: dict[int, int] = {}
+        self._ahead_certain = 0
         self.stable_proof: tuple[SignedMessage, ...] = ()
         self.stable_digest = self._state_digest()
 
@@ -234,6 +242,8 @@ class Replica:
             return self._on_checkpoint(signed, message, now)
         if isinstance(message, Status):
             return self._on_status(signed, message, now)
+        if isinstance(message, State):
+            return self._on_state(signed, message, now)
         return self._drop("unexpected-type", sender, message.type, now)
 
     def submit(self, request: SignedMessage | bytes, now: float) -> list[Effect]:
@@ -352,6 +362,7 @@ class Replica:
         if sender != self.primary:
             return self._drop("not-primary", sender, f"pre-prepare seq {message.seq}", now)
         if not self._in_window(message.seq):
+            self._note_ahead(signed, message.seq)
             return self._drop("out-of-window", sender, f"pre-prepare seq {message.seq}", now)
         if not self._verify(signed):
             return self._drop("bad-signature", sender, "pre-prepare", now)
@@ -419,6 +430,7 @@ class Replica:
     ) -> list[Effect]:
         sender = message.replica
         if not self._in_window(message.seq):
+            self._note_ahead(signed, message.seq)
             return self._drop("out-of-window", sender, f"{message.type} seq {message.seq}", now)
         if not self._verify(signed):
             return self._drop("bad-signature", sender, message.type, now)
@@ -517,20 +529,26 @@ class Replica:
             effects += self._take_checkpoint(seq, now)
         return effects
 
-    def _state_digest(self) -> bytes:
+    def _client_table(self) -> list[list]:
+        return [[client, record.timestamp, record.result]
+                for client, record in sorted(self._clients.items())]
+
+    @staticmethod
+    def _digest_of(app_digest: bytes, client_table: list) -> bytes:
         """Checkpoint digest: the application state plus the reply table (exactly-once state)."""
-        clients = [
-            [client, record.timestamp, record.result]
-            for client, record in sorted(self._clients.items())
-        ]
-        return hashlib.sha256(cbor.encode({"app": self.app.digest(), "clients": clients})).digest()
+        return hashlib.sha256(cbor.encode({"app": app_digest, "clients": client_table})).digest()
+
+    def _state_digest(self) -> bytes:
+        return self._digest_of(self.app.digest(), self._client_table())
 
     # ------------------------------------------------------------ checkpoints
 
     def _take_checkpoint(self, seq: int, now: float) -> list[Effect]:
-        state_digest = self._state_digest()
-        # Kept for state transfer (next issue) until a later checkpoint becomes stable.
-        self._own_checkpoints[seq] = (state_digest, self.app.snapshot())
+        client_table = self._client_table()
+        state_digest = self._digest_of(self.app.digest(), client_table)
+        # Kept for state transfer until a later checkpoint becomes stable.
+        self._own_checkpoints[seq] = (state_digest, self.app.snapshot(),
+                                      cbor.encode(client_table, max_depth=3))
         checkpoint = self._sign(Checkpoint(seq=seq, state_digest=state_digest, replica=self.id))
         self._checkpoint_votes.setdefault(seq, {})[self.id] = checkpoint
         return [Persist("checkpoint", checkpoint), Broadcast(checkpoint),
@@ -539,6 +557,7 @@ class Replica:
     def _on_checkpoint(self, signed: SignedMessage, message: Checkpoint, now: float) -> list[Effect]:
         sender = message.replica
         if not self._in_window(message.seq) or message.seq % self.config.checkpoint_interval:
+            self._note_ahead(signed, message.seq)
             return self._drop("out-of-window", sender, f"checkpoint seq {message.seq}", now)
         if not self._verify(signed):
             return self._drop("bad-signature", sender, "checkpoint", now)
@@ -586,12 +605,24 @@ class Replica:
 
     # ---------------------------------------------------------- retransmission
 
+    def _note_ahead(self, signed: SignedMessage, seq: int) -> None:
+        """A signed message above our window: its signer is ahead of us."""
+        member = signed.message.signer()
+        if seq <= self.low_watermark + self.config.log_window or type(member) is not int:
+            return
+        if seq <= self._ahead.get(member, 0) or not self._verify(signed):
+            return
+        self._ahead[member] = seq
+        if len(self._ahead) > self._f:
+            self._ahead_certain = sorted(self._ahead.values(), reverse=True)[self._f]
+
     def _pending(self) -> bool:
         """Work that cannot finish without messages from others (O(1) but for checkpoints,
         of which there are at most L/K in the window)."""
         return (
             bool(self._queue)
             or self._highest_slot > self.last_executed
+            or self._ahead_certain > self.last_executed
             or any(seq > self.low_watermark for seq in self._own_checkpoints)
         )
 
@@ -640,9 +671,15 @@ class Replica:
             return self._drop("bad-signature", peer, "status", now)
         self._answered[peer] = now
         answer: list[Effect] = []
-        if message.low_watermark < self.low_watermark:
-            # Help it make our stable checkpoint stable too (if it executed that far).
-            answer += [Send(peer, vote) for vote in self.stable_proof if vote.message.replica == self.id]  # type: ignore[union-attr]
+        if message.last_executed < self.low_watermark:
+            # Behind our stable checkpoint: the slots it lacks are gone; send the state.
+            state = self._signed_state()
+            if state is not None:
+                answer.append(Send(peer, state))
+        elif message.low_watermark < self.low_watermark:
+            # Help it make our stable checkpoint stable too (it executed that far).
+            answer += [Send(peer, vote) for vote in self.stable_proof
+                       if vote.message.replica == self.id]  # type: ignore[union-attr]
         first = max(message.last_executed, self.low_watermark) + 1
         last_seq = min(self.last_executed, first + self.config.max_retransmit_slots - 1)
         for seq in range(first, last_seq + 1):
@@ -651,6 +688,89 @@ class Replica:
                 answer += [Send(peer, own) for own in self._own_messages(slot)]
         self.stats.retransmissions += len(answer)
         return answer
+
+    # ---------------------------------------------------------- state transfer
+
+    def _signed_state(self) -> SignedMessage | None:
+        """The signed State at the stable checkpoint (signed once per checkpoint)."""
+        seq = self.low_watermark
+        own = self._own_checkpoints.get(seq)
+        if own is None or not self.stable_proof:
+            return None
+        cached = self._state_message
+        if cached is None or cached.message.seq != seq:  # type: ignore[union-attr]
+            cached = self._sign(State(seq=seq, proof=tuple(v.raw for v in self.stable_proof),
+                                      app_snapshot=own[1], clients=own[2], replica=self.id))
+            self._state_message = cached
+        return cached
+
+    def _certified_digest(self, seq: int, proof: tuple[bytes, ...]) -> tuple[bytes, tuple[SignedMessage, ...]] | None:
+        """The state digest 2f+1 distinct members signed CHECKPOINTs for at ``seq``."""
+        votes: dict[int, SignedMessage] = {}
+        for raw in proof:
+            try:
+                vote = decode_envelope(raw)
+            except DecodeError:
+                return None
+            message = vote.message
+            if not isinstance(message, Checkpoint) or message.seq != seq:
+                return None
+            if message.replica in votes or not self._verify(vote):
+                return None
+            votes[message.replica] = vote
+        tally = Counter(v.message.state_digest for v in votes.values())  # type: ignore[union-attr]
+        digest, count = tally.most_common(1)[0] if tally else (b"", 0)
+        if count < 2 * self._f + 1:
+            return None
+        return digest, tuple(v for v in votes.values() if v.message.state_digest == digest)  # type: ignore[union-attr]
+
+    def _on_state(self, signed: SignedMessage, message: State, now: float) -> list[Effect]:
+        """Adopt a peer's checkpoint state if 2f+1 members certified its digest and the
+        bytes hash to it. The sender need not be trusted: the proof and the hash are."""
+        sender = message.replica
+        if message.seq <= self.last_executed or message.seq % self.config.checkpoint_interval:
+            return self._drop("stale-state", sender, str(message.seq), now)
+        if not self._verify(signed):
+            return self._drop("bad-signature", sender, "state", now)
+        certified = self._certified_digest(message.seq, message.proof)
+        if certified is None:
+            return self._drop("bad-state-proof", sender, str(message.seq), now)
+        digest, proof = certified
+        try:
+            table = cbor.decode(message.clients, max_size=len(message.clients), max_depth=3)
+            clients = {entry[0]: _ClientRecord(entry[1], entry[2], None) for entry in table}
+            well_formed = all(
+                type(e) is list and len(e) == 3 and type(e[0]) is str and type(e[1]) is int
+                and type(e[2]) is bytes for e in table)
+        except (DecodeError, TypeError, IndexError, KeyError):
+            well_formed = False
+        if not well_formed:
+            return self._drop("bad-state", sender, "client table", now)
+        previous = self.app.snapshot()
+        try:
+            self.app.restore(message.app_snapshot)
+            matches = self._digest_of(self.app.digest(), table) == digest
+        except Exception:  # noqa: BLE001 - a peer's bytes must never crash the replica
+            matches = False
+        if not matches:
+            self.app.restore(previous)
+            effects = self._convict("bad-state", sender, signed)
+            return effects + self._drop("bad-state", sender, str(message.seq), now)
+        seq = message.seq
+        self._clients = clients
+        self.last_executed = self.low_watermark = seq
+        self.stable_digest, self.stable_proof = digest, proof
+        self._own_checkpoints = {seq: (digest, message.app_snapshot, message.clients)}
+        for old in [s for s in self._log if s <= seq]:
+            del self._log[old]
+        for old in [s for s in self._checkpoint_votes if s <= seq]:
+            del self._checkpoint_votes[old]
+        self._in_flight = {(client, ts) for client, ts in self._in_flight
+                           if client not in clients or ts > clients[client].timestamp}
+        self._next_seq = max(self._next_seq, seq + 1)
+        self.stats.state_transfers += 1
+        self._progressed(now)
+        return [CheckpointStable(seq, digest), *self._execute_ready(now)]
 
     # ---------------------------------------------------------------- helpers
 

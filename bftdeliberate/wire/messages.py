@@ -156,12 +156,27 @@ class Status(_Message):
 
 
 
+class State(_Message):
+    """State transfer: the state at stable checkpoint ``seq`` with its proof, the 2f+1
+    matching CHECKPOINT envelopes. ``clients`` is the canonical CBOR of the reply table
+    ``[[client, timestamp, result], ...]`` (sorted by client) that the digest covers."""
+
+    type: Literal["state"] = "state"
+    seq: Counter
+    proof: Annotated[
+        tuple[Annotated[bytes, Strict()], ...], Field(strict=False, max_length=MAX_REPLICA_ID + 1)
+    ]
+    app_snapshot: bytes
+    clients: bytes
+    replica: ReplicaId
+
+
 Message = Annotated[
-    Union[Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, Status],
+    Union[Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, Status, State],
     Field(discriminator="type"),
 ]
 MESSAGE_TYPES: tuple[type[_Message], ...] = (
-    Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, Status,
+    Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, Status, State,
 )
 _MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
 # The envelope is a fixed-shape canonical map, on the path of every message, so it is built
