@@ -18,8 +18,9 @@ from conftest import make_genesis
 
 # Small K and L so that 1,000 requests cross many checkpoints and the window really binds.
 SMALL_LOG = ReplicaConfig(batch_size=10, batch_delay=0.002, checkpoint_interval=8, log_window=16)
-# Low jitter: a replica that falls behind the others' stable checkpoint needs state transfer
-# (the view-change/state-transfer issue); these tests are about the normal case.
+# Low jitter keeps every replica in step, so "all replicas executed all 1,000" holds the
+# moment the workload completes; a replica that does fall behind is the subject of the
+# state-transfer test below.
 STEADY = NetworkProfile(delay_ms=(0.5, 1.0))
 
 
