@@ -673,8 +673,10 @@ class Replica:
         answer: list[Effect] = []
         if message.last_executed < self.low_watermark:
             # Behind our stable checkpoint: the slots it lacks are gone; send the state.
+            # Only the f+1 members after the peer (in id order) do, so at least one honest
+            # member sends it but not all n-1 ship a whole snapshot.
             state = self._signed_state()
-            if state is not None:
+            if state is not None and 1 <= (self.id - peer) % self._n <= self._f + 1:
                 answer.append(Send(peer, state))
         elif message.low_watermark < self.low_watermark:
             # Help it make our stable checkpoint stable too (it executed that far).
