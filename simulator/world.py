@@ -276,9 +276,7 @@ class World:
                 data = filtered
         if sender == to:
             return
-        traffic = self.traffic
-        traffic.messages[message_type] += 1
-        traffic.bytes[message_type] += len(data) + FRAME_HEADER_SIZE
+        self.traffic.count(message_type, len(data))
         for arrival in self.network.arrivals(sender, to, self.now):
             heapq.heappush(self._events, (arrival, next(self._tiebreak), "deliver", to, sender, data))
 
@@ -331,9 +329,6 @@ class World:
 
     def state_digests(self) -> list[bytes]:
         return [replica.state_digest() for replica in self.replicas]
-
-    def max_executed(self) -> int:
-        return max(replica.last_executed for replica in self.replicas)
 
     def trace_digest(self) -> str:
         return self._trace_hash.hexdigest()
