@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from rich import box
 from rich.console import Console
@@ -121,13 +122,13 @@ EXAMPLES = {
 }
 
 
-def _command(group, name: str, help_text: str, examples: str | None = None):  # noqa: ANN001
+def _command(group, name: str, help_text: str, examples: str | None = None):
     """One sub-command with its examples shown under ``--help``."""
     return group.add_parser(name, help=help_text, epilog=examples,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def _group(parser: argparse.ArgumentParser, dest: str, metavar: str):  # noqa: ANN202
+def _group(parser: argparse.ArgumentParser, dest: str, metavar: str):
     group = parser.add_subparsers(dest=dest, metavar=metavar, parser_class=_Parser)
     group.required = True
     return group
@@ -376,7 +377,7 @@ def cmd_sim_list(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
-def _sim_scenario(args: argparse.Namespace):  # noqa: ANN202 - a simulator.spec.Scenario
+def _sim_scenario(args: argparse.Namespace):
     from simulator.spec import load_scenario
 
     return load_scenario(args.scenario, args.spec)

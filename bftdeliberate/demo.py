@@ -73,7 +73,7 @@ def run_demo(n: int = 4, seed: int = 7) -> DemoResult:
     operations = [_encode(*op) for op in DEMO_OPERATIONS]
     rows: list[dict[str, Any]] = []
 
-    def on_completed(done) -> None:  # noqa: ANN001
+    def on_completed(done) -> None:
         index = len(rows)
         op, key, value = DEMO_OPERATIONS[index]
         rows.append({

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bftdeliberate.errors import LocalError
-from bftdeliberate.wire.limits import MAX_BATCH_SIZE
+from bftdeliberate.wire.limits import MAX_BATCH_SIZE, MAX_LOG_WINDOW
 
 #: Requests per PRE-PREPARE when the queue is long (throughput vs. latency).
 DEFAULT_BATCH_SIZE = 100
@@ -30,6 +30,12 @@ DEFAULT_RETRANSMIT_INTERVAL = 0.5
 DEFAULT_MAX_RETRANSMIT_INTERVAL = 4.0
 #: Slots re-sent per retransmission round (lowest first).
 DEFAULT_MAX_RETRANSMIT_SLOTS = 32
+#: Base view-change timeout T (seconds): a backup waiting this long for a request it knows
+#: of to execute suspects the primary; a view change that has not produced a NEW-VIEW and a
+#: first new execution within the timeout moves on to the next view with twice the timeout
+#: (Castro & Liskov 4.4), capped at the maximum; progress resets it to T.
+DEFAULT_VIEW_CHANGE_TIMEOUT = 1.0
+DEFAULT_MAX_VIEW_CHANGE_TIMEOUT = 64.0
 #: Equivocation and other proofs kept in memory (the rest are only emitted as effects).
 DEFAULT_MAX_EVIDENCE_KEPT = 1024
 #: Client: first retransmission timeout (seconds); doubles per retry up to the maximum.
@@ -50,6 +56,8 @@ class ReplicaConfig:
     retransmit_interval: float = DEFAULT_RETRANSMIT_INTERVAL
     max_retransmit_interval: float = DEFAULT_MAX_RETRANSMIT_INTERVAL
     max_retransmit_slots: int = DEFAULT_MAX_RETRANSMIT_SLOTS
+    view_change_timeout: float = DEFAULT_VIEW_CHANGE_TIMEOUT
+    max_view_change_timeout: float = DEFAULT_MAX_VIEW_CHANGE_TIMEOUT
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
@@ -61,6 +69,10 @@ class ReplicaConfig:
         k, window = self.checkpoint_interval, self.log_window
         if window < 2 * k or window % k:
             raise LocalError("log_window must be a multiple of checkpoint_interval and >= 2x it")
+        if window > MAX_LOG_WINDOW:
+            raise LocalError(f"log_window must be <= {MAX_LOG_WINDOW}")
+        if not 0 < self.view_change_timeout <= self.max_view_change_timeout:
+            raise LocalError("need 0 < view_change_timeout <= max_view_change_timeout")
         if not 0 < self.retransmit_interval <= self.max_retransmit_interval:
             raise LocalError("need 0 < retransmit_interval <= max_retransmit_interval")
         if self.max_queued_per_client < 1 or self.max_queued_requests < 1:

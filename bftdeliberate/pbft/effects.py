@@ -38,10 +38,17 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class Persist:
-    """Durably record a message this replica signed, before it leaves the process."""
+    """Durably record a message this replica signed (or, for ``new-view``, the NEW-VIEW it
+    accepted), before it leaves the process. ``proof`` carries what recovery needs with it:
+    the prepared certificate with a ``commit``.
+
+    Kinds: ``pre-prepare``, ``prepare``, ``commit``, ``checkpoint``, ``view-change``,
+    ``new-view``, ``state`` (the stable checkpoint's state, to restart from).
+    """
 
     kind: str
     message: SignedMessage
+    proof: tuple[SignedMessage, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,7 @@ from bftdeliberate.committee import Committee
 from bftdeliberate.crypto import PrivateKey, Verifier
 from bftdeliberate.errors import DecodeError, LocalError
 from bftdeliberate.pbft.app import ExecutionContext, StateMachine
+from bftdeliberate.pbft.batch import BATCH_DIGEST_TAG, batch_digest  # noqa: F401 - re-exported
 from bftdeliberate.pbft.config import ReplicaConfig
 from bftdeliberate.pbft.effects import (
     Broadcast,
@@ -53,16 +54,28 @@ from bftdeliberate.pbft.effects import (
     Send,
 )
 from bftdeliberate.pbft.replies import sign_replies
+from bftdeliberate.pbft.viewchange import (
+    CheckedViewChange,
+    InvalidCertificate,
+    NewViewPlan,
+    PreparedProof,
+    check_checkpoint_proof,
+    check_new_view,
+    check_view_change,
+    plan_new_view,
+)
 from bftdeliberate.wire import cbor
 from bftdeliberate.wire.messages import (
     Checkpoint,
     Commit,
+    NewView,
     Prepare,
     PrePrepare,
     Request,
     SignedMessage,
     State,
     Status,
+    ViewChange,
     decode_envelope,
     sign_message,
 )
@@ -70,24 +83,11 @@ from bftdeliberate.wire.messages import Reply as ReplyMessage
 
 #: Most recent drop records kept for inspection (the counters keep the totals).
 RECENT_DROPS_KEPT = 256
-#: Domain tag of batch digests (never confused with any other hashed structure).
-BATCH_DIGEST_TAG = b"bftdeliberate/batch/v1\x00"
+#: Verified VIEW-CHANGEs remembered by envelope bytes (a NEW-VIEW repeats the ones this
+#: replica already checked on arrival).
+CHECKED_VIEW_CHANGES_KEPT = 64
 #: Result returned when the application raised: deterministic, so replicas still agree.
 APPLICATION_EXCEPTION_RESULT = cbor.encode({"ok": False, "error": "application-exception"})
-
-
-def batch_digest(timestamp: int, batch: tuple[bytes, ...]) -> bytes:
-    """The digest a PRE-PREPARE binds: the agreed timestamp and the exact request envelopes.
-
-    A fixed, unambiguous layout (tag, 8-byte timestamp, then each envelope length-prefixed)
-    rather than CBOR: it is hashed by every replica for every batch and never decoded.
-    """
-    digest = hashlib.sha256(BATCH_DIGEST_TAG)
-    digest.update(timestamp.to_bytes(8, "big"))
-    for request in batch:
-        digest.update(len(request).to_bytes(4, "big"))
-        digest.update(request)
-    return digest.digest()
 
 
 @dataclass(slots=True)
@@ -127,6 +127,8 @@ class ReplicaStats:
     signatures: int = 0
     retransmissions: int = 0
     state_transfers: int = 0
+    view_changes: int = 0
+    new_views: int = 0
     executed_requests: int = 0
     executed_batches: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
@@ -161,6 +163,8 @@ class Replica:
         self._client_keys = {c.id: c.public_key_bytes for c in committee.clients}
 
         self.view = 0
+        # False between sending VIEW-CHANGE for ``view`` and accepting its NEW-VIEW.
+        self.view_active = True
         self.low_watermark = 0  # h: seq of the last stable checkpoint
         self.last_executed = 0
         self._log: dict[int, _Slot] = {}
@@ -195,6 +199,32 @@ class Replica:
         self._ahead_certain = 0
         self.stable_proof: tuple[SignedMessage, ...] = ()
         self.stable_digest = self._state_digest()
+        # Every replica starts from this state: the genesis checkpoint 0 needs no proof.
+        self._genesis_digest = self.stable_digest
+
+        # View change. Prepared certificates survive view changes (the P set): seq -> the
+        # certificate from the highest view in which this replica prepared it.
+        self._prepared_certs: dict[int, PreparedProof] = {}
+        # Request timer: client -> newest request timestamp this backup waits to see
+        # executed (one entry per authorised client: bounded by the manifest).
+        self._awaited: dict[str, int] = {}
+        # The request timer while the view is active, the new-view timer while changing.
+        self._view_timer_at: float | None = None
+        self._view_timeout = self.config.view_change_timeout
+        # True from a view change until the next execution: the next one doubles the timeout.
+        self._changed_without_progress = False
+        # Each member's highest verified VIEW-CHANGE for a view >= ours (join rule, NEW-VIEW).
+        self._view_changes: dict[int, CheckedViewChange] = {}
+        self._checked: dict[bytes, CheckedViewChange] = {}
+        self._own_view_change: SignedMessage | None = None
+        # The NEW-VIEW that started the current view (re-sent to members still changing).
+        self._new_view: SignedMessage | None = None
+        # Highest view each member was seen in above ours; f+1 of them: we are behind.
+        self._views_ahead: dict[int, int] = {}
+        # Crash recovery: a replica that lost its disk signs no protocol vote until it has
+        # executed past this seq (None: not recovering; see ``amnesiac``).
+        self._signing_resumes_after: int | None = None
+        self.amnesiac = False
 
         self.stats = ReplicaStats()
         self.recent_drops: deque[DropRecord] = deque(maxlen=RECENT_DROPS_KEPT)
@@ -244,6 +274,10 @@ class Replica:
             return self._on_status(signed, message, now)
         if isinstance(message, State):
             return self._on_state(signed, message, now)
+        if isinstance(message, ViewChange):
+            return self._on_view_change(signed, message, now)
+        if isinstance(message, NewView):
+            return self._on_new_view(signed, message, now)
         return self._drop("unexpected-type", sender, message.type, now)
 
     def submit(self, request: SignedMessage | bytes, now: float) -> list[Effect]:
@@ -261,6 +295,9 @@ class Replica:
 
     def handle_timer(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
+        if self._view_timer_at is not None and now >= self._view_timer_at:
+            self._view_timer_at = None
+            effects += self._on_view_timer(now)
         if self._batch_deadline is not None and now >= self._batch_deadline:
             self._batch_deadline = None
             effects += self._propose_ready(now, flush=True)
@@ -273,10 +310,9 @@ class Replica:
         return effects
 
     def next_deadline(self) -> float | None:
-        batch, retransmit = self._batch_deadline, self._retransmit_at
-        if batch is None or retransmit is None:
-            return retransmit if batch is None else batch
-        return min(batch, retransmit)
+        deadlines = [d for d in (self._batch_deadline, self._retransmit_at, self._view_timer_at)
+                     if d is not None]
+        return min(deadlines) if deadlines else None
 
     # --------------------------------------------------------------- requests
 
@@ -294,6 +330,8 @@ class Replica:
         if key in self._in_flight or key in self._queued:
             return self._drop("duplicate-request", request.client, str(request.timestamp), now)
         if not self.is_primary:
+            if not relayed:
+                self._await(request.client, request.timestamp, now)
             return self._relay(signed, request, relayed, now)
         if self._queued_per_client[request.client] >= self.config.max_queued_per_client:
             return self._drop("client-queue-full", request.client, str(request.timestamp), now)
@@ -309,14 +347,16 @@ class Replica:
             return self._drop("not-primary", request.client, "relayed request", now)
         if self._relayed.get(request.client, -1) >= request.timestamp:
             return self._drop("duplicate-request", request.client, "already relayed", now)
-        # The client timed out on the primary: hand it over once. (View change on a request
-        # timer that keeps running here is the next issue's job.)
+        # The client timed out on the primary: hand it over once; the request timer started
+        # by ``_await`` suspects the primary if the request does not execute in time.
         self._relayed[request.client] = request.timestamp
         return [Send(self.primary, signed)]
 
     def _propose_ready(self, now: float, *, flush: bool) -> list[Effect]:
         """Primary: cut batches from the queue while the window has room."""
         effects: list[Effect] = []
+        if not self.view_active or not self._may_sign():
+            return effects
         batch_size = self.config.batch_size
         while self._queue and self._next_seq <= self.low_watermark + self.config.log_window:
             if len(self._queue) < batch_size and not flush and self.config.batch_delay > 0:
@@ -357,7 +397,8 @@ class Replica:
 
     def _on_pre_prepare(self, signed: SignedMessage, message: PrePrepare, now: float) -> list[Effect]:
         sender = message.replica
-        if message.view != self.view:
+        if message.view != self.view or not self.view_active:
+            self._note_view(signed, message.view)
             return self._drop("wrong-view", sender, f"pre-prepare view {message.view}", now)
         if sender != self.primary:
             return self._drop("not-primary", sender, f"pre-prepare seq {message.seq}", now)
@@ -383,14 +424,27 @@ class Replica:
             return effects + self._drop("invalid-batch", sender, str(message.seq), now)
 
         slot = self._slot(message.seq)
+        own = slot.prepares.get(self.id)
+        if own is not None and own.message.digest != message.digest:  # type: ignore[union-attr]
+            # Recovered from disk: this replica already prepared another digest here.
+            return self._drop("conflicts-own-vote", sender, str(message.seq), now)
         slot.pre_prepare, slot.digest, slot.requests = signed, message.digest, requests
         for request in requests:
-            self._in_flight.add((request.message.client, request.message.timestamp))  # type: ignore[union-attr]
-        prepare = self._sign(
-            Prepare(view=self.view, seq=message.seq, digest=message.digest, replica=self.id)
-        )
-        slot.prepares[self.id] = prepare
-        return [Persist("prepare", prepare), Broadcast(prepare), *self._advance(message.seq, now)]
+            client, timestamp = request.message.client, request.message.timestamp  # type: ignore[union-attr]
+            self._in_flight.add((client, timestamp))
+            self._await(client, timestamp, now)
+        return self._send_prepare(slot, message.seq, now)
+
+    def _send_prepare(self, slot: _Slot, seq: int, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        own = slot.prepares.get(self.id)
+        if own is not None:
+            effects.append(Broadcast(own))  # already signed and persisted (recovery)
+        elif self._may_sign(seq):
+            prepare = self._sign(Prepare(view=self.view, seq=seq, digest=slot.digest, replica=self.id))
+            slot.prepares[self.id] = prepare
+            effects += [Persist("prepare", prepare), Broadcast(prepare)]
+        return effects + self._advance(seq, now)
 
     def _valid_batch(self, batch: tuple[bytes, ...]) -> tuple[SignedMessage, ...] | None:
         """Every entry a client-signed request, each (client, timestamp) once; else None."""
@@ -413,7 +467,8 @@ class Replica:
 
     def _on_prepare(self, signed: SignedMessage, message: Prepare, now: float) -> list[Effect]:
         sender = message.replica
-        if message.view != self.view:
+        if message.view != self.view or not self.view_active:
+            self._note_view(signed, message.view)
             return self._drop("wrong-view", sender, f"prepare view {message.view}", now)
         if sender == self.primary:
             # The primary's vote is its PRE-PREPARE (counting both is the Sawtooth PR #111 bug).
@@ -421,7 +476,8 @@ class Replica:
         return self._record_vote(signed, message, "prepares", now)
 
     def _on_commit(self, signed: SignedMessage, message: Commit, now: float) -> list[Effect]:
-        if message.view != self.view:
+        if message.view != self.view or not self.view_active:
+            self._note_view(signed, message.view)
             return self._drop("wrong-view", message.replica, f"commit view {message.view}", now)
         return self._record_vote(signed, message, "commits", now)
 
@@ -451,11 +507,22 @@ class Replica:
         if slot.pre_prepare is not None and not slot.prepared:
             if self._matching(slot.prepares, slot.digest) >= 2 * self._f:
                 slot.prepared = True
-                commit = self._sign(
-                    Commit(view=self.view, seq=seq, digest=slot.digest, replica=self.id)
-                )
-                slot.commits[self.id] = commit
-                effects += [Persist("commit", commit), Broadcast(commit)]
+                proof = PreparedProof(slot.view, seq, slot.digest, slot.pre_prepare, tuple(
+                    vote for vote in slot.prepares.values()
+                    if vote.message.digest == slot.digest))  # type: ignore[union-attr]
+                self._prepared_certs[seq] = proof
+                own = slot.commits.get(self.id)
+                if own is not None:
+                    effects.append(Broadcast(own))  # signed before a restart
+                elif self._may_sign(seq):
+                    commit = self._sign(
+                        Commit(view=self.view, seq=seq, digest=slot.digest, replica=self.id)
+                    )
+                    slot.commits[self.id] = commit
+                    # The certificate goes to disk with the commit: a restarted replica
+                    # still reports what it prepared in its next VIEW-CHANGE.
+                    effects += [Persist("commit", commit, proof.envelopes_signed()),
+                                Broadcast(commit)]
         if slot.prepared and not slot.committed:
             if self._matching(slot.commits, slot.digest) >= 2 * self._f + 1:
                 slot.committed = True
@@ -508,6 +575,8 @@ class Replica:
             self.stats.executed_requests += 1
         self.last_executed = seq
         self.stats.executed_batches += 1
+        if fresh:
+            self._executed_requests(now)
         self._progressed(now)
         effects: list[Effect] = [
             Execute(view=slot.view, seq=seq, digest=slot.digest, timestamp=proposal.timestamp,
@@ -585,23 +654,320 @@ class Replica:
         if own is None or own[0] != certified:
             self.stats.dropped["checkpoint-divergence"] += 1
             return []
-        self.low_watermark = seq
-        self.stable_digest = certified
-        self.stable_proof = tuple(
+        return self._make_stable(seq, certified, tuple(
             vote for vote in votes.values() if vote.message.state_digest == certified  # type: ignore[union-attr]
-        )
-        # Garbage-collect everything at or below the stable checkpoint.
+        ), now)
+
+    def _make_stable(self, seq: int, digest: bytes, proof: tuple[SignedMessage, ...],
+                     now: float) -> list[Effect]:
+        """Checkpoint ``seq`` (executed here, digest certified by ``proof``) becomes stable."""
+        self.low_watermark = seq
+        self.stable_digest = digest
+        self.stable_proof = proof
+        self._collect_garbage(seq)
+        for old in [s for s in self._own_checkpoints if s < seq]:
+            del self._own_checkpoints[old]
+        if self._signing_resumes_after is None and self.amnesiac:
+            # The first certified checkpoint after losing the disk: this replica may have
+            # signed anything up to the window above it, never beyond.
+            self._signing_resumes_after = seq + self.config.log_window
+        self._progressed(now)
+        effects: list[Effect] = [CheckpointStable(seq, digest)]
+        state = self._signed_state()
+        if state is not None:
+            effects.insert(0, Persist("state", state))  # what a restart starts from
+        if self.is_primary:
+            effects += self._propose_ready(now, flush=False)
+        return effects
+
+    def _collect_garbage(self, seq: int) -> None:
+        """Forget everything at or below the stable checkpoint ``seq``."""
         for old in [s for s in self._log if s <= seq]:
             del self._log[old]
         for old in [s for s in self._checkpoint_votes if s <= seq]:
             del self._checkpoint_votes[old]
-        for old in [s for s in self._own_checkpoints if s < seq]:
-            del self._own_checkpoints[old]
-        self._progressed(now)
-        effects: list[Effect] = [CheckpointStable(seq, certified)]
-        if self.is_primary:
-            effects += self._propose_ready(now, flush=False)
+        for old in [s for s in self._prepared_certs if s <= seq]:
+            del self._prepared_certs[old]
+
+    # ------------------------------------------------------------ view change
+
+    def _await(self, client: str, timestamp: int, now: float) -> None:
+        """A backup learned of a request: start the request timer unless it runs."""
+        record = self._clients.get(client)
+        if record is not None and record.timestamp >= timestamp:
+            return
+        if self._awaited.get(client, -1) < timestamp:
+            self._awaited[client] = timestamp
+        if self._view_timer_at is None and self.view_active and not self.is_primary:
+            self._view_timer_at = now + self._view_timeout
+
+    def _executed_requests(self, now: float) -> None:
+        """Progress: the timeout is back to T; the timer restarts if requests still wait."""
+        self._changed_without_progress = False
+        self._view_timeout = self.config.view_change_timeout
+        clients = self._clients
+        if self._awaited:
+            self._awaited = {client: ts for client, ts in self._awaited.items()
+                             if client not in clients or clients[client].timestamp < ts}
+        waiting = self._awaited and self.view_active and not self.is_primary
+        self._view_timer_at = now + self._view_timeout if waiting else None
+
+    def _on_view_timer(self, now: float) -> list[Effect]:
+        if not self.view_active:
+            # No NEW-VIEW (or no new execution) in time: on to the next view.
+            return self._start_view_change(self.view + 1, now)
+        if self.is_primary or not self._awaited:
+            return []
+        if self._ahead_certain > self.last_executed:
+            # We are behind (f+1 members are past us): our lag, not the primary's fault.
+            self._view_timer_at = now + self._view_timeout
+            return []
+        return self._start_view_change(self.view + 1, now)
+
+    def _start_view_change(self, new_view: int, now: float) -> list[Effect]:
+        """Stop taking part in the current view and send VIEW-CHANGE for ``new_view``."""
+        if new_view < self.view or (new_view == self.view and not self.view_active):
+            return []
+        if self._changed_without_progress:
+            self._view_timeout = min(2 * self._view_timeout, self.config.max_view_change_timeout)
+        self._changed_without_progress = True
+        self.view, self.view_active = new_view, False
+        self.stats.view_changes += 1
+        self._view_timer_at = None  # the new-view timer starts with 2f+1 VIEW-CHANGEs
+        self._batch_deadline = None
+        self._relayed.clear()  # relay retransmitted requests to the next primary
+        self._new_view = None
+        for member in [m for m, c in self._view_changes.items() if c.view < new_view]:
+            del self._view_changes[member]
+        if not self._may_sign():
+            return []
+        certificates = tuple(self._prepared_certs[seq] for seq in sorted(self._prepared_certs)
+                             if seq > self.low_watermark)
+        message = ViewChange(view=new_view, checkpoint=self.low_watermark,
+                             proof=tuple(vote.raw for vote in self.stable_proof),
+                             prepared=tuple(c.envelopes() for c in certificates), replica=self.id)
+        try:
+            signed = self._sign(message)
+        except LocalError as exc:  # larger than one message: the others must do without it
+            return self._drop("view-change-too-large", self.id, str(exc), now)
+        self._own_view_change = signed
+        self._view_changes[self.id] = CheckedViewChange(
+            signed, new_view, self.id, self.low_watermark, self.stable_digest, self.stable_proof,
+            {c.seq: c for c in certificates})
+        return [Persist("view-change", signed), Broadcast(signed), *self._view_change_progress(now)]
+
+    def _check_view_change(self, signed: SignedMessage) -> CheckedViewChange:
+        checked = self._checked.get(signed.raw)
+        if checked is None:
+            checked = check_view_change(
+                signed, n=self._n, f=self._f, window=self.config.log_window,
+                checkpoint_interval=self.config.checkpoint_interval, verify=self._verify,
+                genesis_digest=self._genesis_digest)
+            if len(self._checked) >= CHECKED_VIEW_CHANGES_KEPT:
+                del self._checked[next(iter(self._checked))]
+            self._checked[signed.raw] = checked
+        return checked
+
+    def _on_view_change(self, signed: SignedMessage, message: ViewChange, now: float) -> list[Effect]:
+        sender = message.replica
+        if message.view < self.view or (message.view == self.view and self.view_active):
+            if message.view == self.view and self._new_view is not None:
+                # The sender missed the NEW-VIEW of our view: re-send it (rate-limited).
+                return self._answer_once(sender, [Send(sender, self._new_view)], now)
+            return self._drop("stale-view-change", sender, str(message.view), now)
+        earlier = self._view_changes.get(sender)
+        if earlier is not None and earlier.view >= message.view:
+            if earlier.signed.body == signed.body:
+                return self._drop("duplicate", sender, f"view-change {message.view}", now)
+            if earlier.view == message.view and self._verify(signed):
+                effects = self._convict("conflicting-view-change", sender, earlier.signed, signed)
+                return effects + self._drop("conflicting-view-change", sender, str(message.view), now)
+            return self._drop("stale-view-change", sender, str(message.view), now)
+        try:
+            checked = self._check_view_change(signed)
+        except InvalidCertificate as exc:
+            if not self._verify(signed):
+                return self._drop("bad-signature", sender, "view-change", now)
+            effects = self._convict("bad-view-change", sender, signed)
+            return effects + self._drop("bad-view-change", sender, str(exc), now)
+        self._view_changes[sender] = checked
+        return self._view_change_progress(now)
+
+    def _view_change_progress(self, now: float) -> list[Effect]:
+        """After a VIEW-CHANGE: join a higher view on f+1, start the new-view timer and (as
+        the new primary) send NEW-VIEW on 2f+1."""
+        effects: list[Effect] = []
+        higher = sorted((c.view for c in self._view_changes.values() if c.view > self.view),
+                        reverse=True)
+        if len(higher) > self._f:
+            # f+1 members (one honest) want a view above ours: join the smallest such view
+            # among them, even before our own timer fires.
+            effects += self._start_view_change(higher[self._f], now)
+        if self.view_active:
+            return effects
+        supporting = [c for c in self._view_changes.values() if c.view == self.view]
+        if len(supporting) < 2 * self._f + 1:
+            return effects
+        if self._view_timer_at is None:
+            self._view_timer_at = now + self._view_timeout
+        if self.is_primary and self._own_view_change is not None and self._may_sign():
+            effects += self._send_new_view(supporting, now)
         return effects
+
+    def _send_new_view(self, supporting: list[CheckedViewChange], now: float) -> list[Effect]:
+        # Our own VIEW-CHANGE and the lowest other members': any 2f+1 are correct.
+        chosen = sorted(supporting, key=lambda c: (c.replica != self.id, c.replica))
+        chosen = chosen[: 2 * self._f + 1]
+        plan = plan_new_view(self.view, chosen)
+        try:
+            pre_prepares = tuple(self._sign(plan.pre_prepare(seq, self.id)) for seq in plan.entries)
+            new_view = self._sign(NewView(view=self.view,
+                                          view_changes=tuple(c.signed.raw for c in chosen),
+                                          pre_prepares=tuple(p.raw for p in pre_prepares),
+                                          replica=self.id))
+        except LocalError as exc:
+            return self._drop("new-view-too-large", self.id, str(exc), now)
+        self.stats.new_views += 1
+        effects: list[Effect] = [Persist("new-view", new_view), Broadcast(new_view)]
+        return effects + self._enter_view(plan, pre_prepares, new_view, now)
+
+    def _on_new_view(self, signed: SignedMessage, message: NewView, now: float) -> list[Effect]:
+        sender = message.replica
+        if message.view < self.view or (message.view == self.view and self.view_active):
+            return self._drop("stale-new-view", sender, str(message.view), now)
+        if not self._verify(signed):
+            return self._drop("bad-signature", sender, "new-view", now)
+        try:
+            plan, pre_prepares = check_new_view(
+                signed, n=self._n, f=self._f, window=self.config.log_window,
+                checkpoint_interval=self.config.checkpoint_interval, verify=self._verify,
+                genesis_digest=self._genesis_digest, checked=self._checked_view_change)
+            requests = [self._batch_requests(p) for p in pre_prepares]
+        except InvalidCertificate as exc:
+            # A signed NEW-VIEW that does not hold convicts its primary: on to the next view.
+            effects = self._convict("bad-new-view", sender, signed)
+            effects += self._drop("bad-new-view", sender, str(exc), now)
+            if message.view == self.view:
+                # Only the view we are changing to: a bad NEW-VIEW for some far view must
+                # not drag a replica there alone (it would leave the quorum).
+                effects += self._start_view_change(message.view + 1, now)
+            return effects
+        self.view = message.view
+        effects: list[Effect] = [Persist("new-view", signed)]
+        return effects + self._enter_view(plan, pre_prepares, signed, now, requests)
+
+    def _checked_view_change(self, raw: bytes) -> CheckedViewChange | None:
+        checked = self._checked.get(raw)
+        if checked is not None:
+            return checked
+        own = self._view_changes.get(self.id)
+        return own if own is not None and own.signed.raw == raw else None
+
+    def _batch_requests(self, pre_prepare: SignedMessage) -> tuple[SignedMessage, ...]:
+        """The requests of a re-proposed batch (certified: 2f+1 members prepared it, so one
+        honest member checked every client signature; here they are only decoded)."""
+        requests = []
+        for raw in pre_prepare.message.batch:  # type: ignore[union-attr]
+            try:
+                request = decode_envelope(raw)
+            except DecodeError as exc:
+                raise InvalidCertificate(f"re-proposed batch: {exc}") from None
+            if not isinstance(request.message, Request):
+                raise InvalidCertificate("re-proposed batch holds a non-request")
+            requests.append(request)
+        return tuple(requests)
+
+    def _enter_view(self, plan: NewViewPlan, pre_prepares: tuple[SignedMessage, ...],
+                    new_view: SignedMessage, now: float,
+                    requests: list[tuple[SignedMessage, ...]] | None = None) -> list[Effect]:
+        """Start view ``plan.view`` with its O set: the same batches at the same seqs."""
+        if requests is None:
+            requests = [self._batch_requests(p) for p in pre_prepares]
+        self.view_active = True
+        self._new_view = new_view
+        self._own_view_change = None
+        self._view_changes = {m: c for m, c in self._view_changes.items() if c.view > self.view}
+        self._views_ahead = {m: v for m, v in self._views_ahead.items() if v > self.view}
+        self._checked.clear()
+        effects: list[Effect] = []
+        if plan.min_s > self.low_watermark:
+            own = self._own_checkpoints.get(plan.min_s)
+            if own is not None and own[0] == plan.checkpoint_digest:
+                effects += self._make_stable(plan.min_s, plan.checkpoint_digest,
+                                             plan.checkpoint_proof, now)
+            elif self.last_executed < plan.min_s:
+                # Behind the new view's checkpoint: the state comes by state transfer.
+                self._ahead_certain = max(self._ahead_certain, plan.min_s)
+        old_log, old_queue = self._log, list(self._queue)
+        self._log, self._in_flight = {}, set()
+        self._queue.clear()
+        self._queued.clear()
+        self._queued_per_client.clear()
+        for (seq, _), pre_prepare, batch in zip(plan.entries.items(), pre_prepares, requests):
+            if not self._in_window(seq):
+                continue
+            slot = self._slot(seq)
+            slot.pre_prepare, slot.digest, slot.requests = pre_prepare, pre_prepare.message.digest, batch  # type: ignore[union-attr]
+            if seq > self.last_executed:
+                self._in_flight.update((r.message.client, r.message.timestamp) for r in batch)  # type: ignore[union-attr]
+            if not self.is_primary:
+                effects += self._send_prepare(slot, seq, now)
+        if self.is_primary:
+            self._next_seq = max(plan.max_s, self.low_watermark) + 1
+            self._last_batch_timestamp = max([self._last_batch_timestamp] + [
+                p.message.timestamp for p in pre_prepares])  # type: ignore[union-attr]
+            # Requests this replica knew of that the new view did not re-propose.
+            leftovers = [r for slot in old_log.values() for r in slot.requests] + old_queue
+            for request in leftovers:
+                effects += self._requeue(request, now)
+            effects += self._propose_ready(now, flush=False)
+        waiting = self._awaited and not self.is_primary
+        self._view_timer_at = now + self._view_timeout if waiting else None
+        self._progressed(now)
+        return effects
+
+    def _requeue(self, signed: SignedMessage, now: float) -> list[Effect]:
+        request: Request = signed.message  # type: ignore[assignment]
+        key = (request.client, request.timestamp)
+        record = self._clients.get(request.client)
+        if (record is not None and record.timestamp >= request.timestamp) or key in self._in_flight \
+                or key in self._queued or len(self._queue) >= self.config.max_queued_requests:
+            return []
+        self._queue.append(signed)
+        self._queued.add(key)
+        self._queued_per_client[request.client] += 1
+        return []
+
+    def _note_view(self, signed: SignedMessage, view: int) -> None:
+        """A signed message from a view above ours: f+1 such members mean we missed a view
+        change, and the retransmission timer asks them (STATUS) for its NEW-VIEW."""
+        member = signed.message.signer()
+        if view <= self.view or type(member) is not int or view <= self._views_ahead.get(member, -1):
+            return
+        if self._verify(signed):
+            self._views_ahead[member] = view
+
+    def _behind_in_view(self) -> bool:
+        ahead = self._views_ahead
+        return len(ahead) > self._f and sum(1 for v in ahead.values() if v > self.view) > self._f
+
+    def _may_sign(self, seq: int | None = None) -> bool:
+        """False while a replica that lost its disk could contradict what it signed before:
+        until it executed past the window above its first certified checkpoint."""
+        if not self.amnesiac:
+            return True
+        resume = self._signing_resumes_after
+        if resume is None or self.last_executed <= resume:
+            return False
+        self.amnesiac = False
+        return True
+
+    def _answer_once(self, peer: int, answer: list[Effect], now: float) -> list[Effect]:
+        last = self._answered.get(peer)
+        if last is not None and now - last < self.config.retransmit_interval:
+            return self._drop("status-rate-limited", peer, "answer", now)
+        self._answered[peer] = now
+        return answer
 
     # ---------------------------------------------------------- retransmission
 
@@ -621,9 +987,11 @@ class Replica:
         of which there are at most L/K in the window)."""
         return (
             bool(self._queue)
+            or not self.view_active
             or self._highest_slot > self.last_executed
             or self._ahead_certain > self.last_executed
             or any(seq > self.low_watermark for seq in self._own_checkpoints)
+            or (bool(self._views_ahead) and self._behind_in_view())
         )
 
     def _arm_retransmit(self, now: float) -> None:
@@ -639,6 +1007,8 @@ class Replica:
         slots (already persisted: no new ``Persist``) and its unstable checkpoints, and
         broadcast a STATUS so that peers which are ahead re-send what it lacks."""
         effects: list[Effect] = []
+        if not self.view_active and self._own_view_change is not None:
+            effects.append(Broadcast(self._own_view_change))
         pending = sorted(seq for seq, slot in self._log.items()
                          if seq > self.last_executed and not slot.committed)
         for seq in pending[: self.config.max_retransmit_slots]:
@@ -647,7 +1017,8 @@ class Replica:
             if seq > self.low_watermark and self.id in votes:
                 effects.append(Broadcast(votes[self.id]))
         self.stats.retransmissions += len(effects)
-        status = self._sign(Status(view=self.view, last_executed=self.last_executed,
+        status = self._sign(Status(view=self.view, active=self.view_active,
+                                   last_executed=self.last_executed,
                                    low_watermark=self.low_watermark, replica=self.id))
         return effects + [Broadcast(status)]
 
@@ -662,7 +1033,9 @@ class Replica:
         """A stalled peer: send it this replica's own messages for the slots it has not
         executed yet but this replica has (at most one answer per peer per interval)."""
         peer = message.replica
-        if message.last_executed >= self.last_executed:
+        view_behind = self.view_active and self._new_view is not None and (
+            message.view < self.view or (message.view == self.view and not message.active))
+        if message.last_executed >= self.last_executed and not view_behind:
             return self._drop("status-not-behind", peer, str(message.last_executed), now)
         last = self._answered.get(peer)
         if last is not None and now - last < self.config.retransmit_interval:
@@ -671,6 +1044,9 @@ class Replica:
             return self._drop("bad-signature", peer, "status", now)
         self._answered[peer] = now
         answer: list[Effect] = []
+        if view_behind:
+            # It missed the view change that started our view: the NEW-VIEW proves it.
+            answer.append(Send(peer, self._new_view))  # type: ignore[arg-type]
         if message.last_executed < self.low_watermark:
             # Behind our stable checkpoint: the slots it lacks are gone; send the state.
             # Only the f+1 members after the peer (in id order) do, so at least one honest
@@ -760,19 +1136,16 @@ class Replica:
             return effects + self._drop("bad-state", sender, str(message.seq), now)
         seq = message.seq
         self._clients = clients
-        self.last_executed = self.low_watermark = seq
-        self.stable_digest, self.stable_proof = digest, proof
+        self.last_executed = seq
         self._own_checkpoints = {seq: (digest, message.app_snapshot, message.clients)}
-        for old in [s for s in self._log if s <= seq]:
-            del self._log[old]
-        for old in [s for s in self._checkpoint_votes if s <= seq]:
-            del self._checkpoint_votes[old]
         self._in_flight = {(client, ts) for client, ts in self._in_flight
                            if client not in clients or ts > clients[client].timestamp}
+        self._awaited = {client: ts for client, ts in self._awaited.items()
+                         if client not in clients or ts > clients[client].timestamp}
         self._next_seq = max(self._next_seq, seq + 1)
         self.stats.state_transfers += 1
-        self._progressed(now)
-        return [CheckpointStable(seq, digest), *self._execute_ready(now)]
+        effects = self._make_stable(seq, digest, proof, now)
+        return effects + self._execute_ready(now)
 
     # ---------------------------------------------------------------- helpers
 
@@ -789,7 +1162,7 @@ class Replica:
             self._highest_slot = max(self._highest_slot, seq)
         return slot
 
-    def _sign(self, message) -> SignedMessage:  # noqa: ANN001 - any message model
+    def _sign(self, message) -> SignedMessage:
         self.stats.signatures += 1
         return sign_message(message, self._key, self._committee_digest)
 

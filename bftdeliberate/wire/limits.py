@@ -20,3 +20,6 @@ MAX_OPERATION_SIZE = 64 * 1024
 MAX_RESULT_SIZE = 64 * 1024
 #: Longest identifier string (client ids, committee ids, names).
 MAX_ID_LENGTH = 128
+#: Largest log window L (sequence numbers above the stable checkpoint): bounds the prepared
+#: certificates of one VIEW-CHANGE and the O set of one NEW-VIEW.
+MAX_LOG_WINDOW = 4096

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import cbor2
 from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, ValidationError
@@ -28,6 +28,7 @@ from bftdeliberate.wire import cbor
 from bftdeliberate.wire.limits import (
     MAX_BATCH_SIZE,
     MAX_ID_LENGTH,
+    MAX_LOG_WINDOW,
     MAX_MESSAGE_SIZE,
     MAX_OPERATION_SIZE,
     MAX_RESULT_SIZE,
@@ -55,6 +56,15 @@ Digest = Annotated[bytes, Field(min_length=DIGEST_SIZE, max_length=DIGEST_SIZE)]
 # Lists arrive from CBOR; the tuple is lax only about list-vs-tuple, each item stays strict.
 RequestBatch = Annotated[
     tuple[Annotated[bytes, Strict()], ...], Field(strict=False, max_length=MAX_BATCH_SIZE)
+]
+#: Signed envelopes carried inside another message, one per member at most (proofs).
+MemberEnvelopes = Annotated[
+    tuple[Annotated[bytes, Strict()], ...], Field(strict=False, max_length=MAX_REPLICA_ID + 1)
+]
+#: A prepared certificate: the PRE-PREPARE envelope, then the PREPARE envelopes.
+PreparedCertificate = Annotated[
+    tuple[Annotated[bytes, Strict()], ...],
+    Field(strict=False, min_length=1, max_length=MAX_REPLICA_ID + 2),
 ]
 
 
@@ -146,10 +156,12 @@ class Checkpoint(_Message):
 
 class Status(_Message):
     """A stalled replica's progress: peers that are ahead re-send what it lacks (the
-    status-based retransmission of Castro's thesis, reduced to the normal case)."""
+    status-based retransmission of Castro's thesis). ``active`` is False while the replica
+    is changing to ``view`` (it lacks that view's NEW-VIEW)."""
 
     type: Literal["status"] = "status"
     view: Counter
+    active: bool
     last_executed: Counter
     low_watermark: Counter
     replica: ReplicaId
@@ -163,20 +175,45 @@ class State(_Message):
 
     type: Literal["state"] = "state"
     seq: Counter
-    proof: Annotated[
-        tuple[Annotated[bytes, Strict()], ...], Field(strict=False, max_length=MAX_REPLICA_ID + 1)
-    ]
+    proof: MemberEnvelopes
     app_snapshot: bytes
     clients: bytes
     replica: ReplicaId
 
 
+class ViewChange(_Message):
+    """VIEW-CHANGE to ``view``: the sender's stable checkpoint ``checkpoint`` with its proof
+    (2f+1 matching CHECKPOINT envelopes; empty for the genesis checkpoint 0) and, for every
+    sequence number above it that it prepared, the certificate from the highest view in
+    which it prepared (Castro & Liskov's P set)."""
+
+    type: Literal["view-change"] = "view-change"
+    view: Counter
+    checkpoint: Counter
+    proof: MemberEnvelopes
+    prepared: Annotated[tuple[PreparedCertificate, ...], Field(strict=False, max_length=MAX_LOG_WINDOW)]
+    replica: ReplicaId
+
+
+class NewView(_Message):
+    """NEW-VIEW for ``view`` from its primary: the 2f+1 VIEW-CHANGE envelopes it was built
+    from and the O set, one PRE-PREPARE of the new view per sequence number from the highest
+    stable checkpoint in them to the highest prepared one (null requests fill the gaps).
+    Every backup recomputes O from the VIEW-CHANGEs and rejects any difference."""
+
+    type: Literal["new-view"] = "new-view"
+    view: Counter
+    view_changes: MemberEnvelopes
+    pre_prepares: Annotated[tuple[Annotated[bytes, Strict()], ...], Field(strict=False, max_length=MAX_LOG_WINDOW)]
+    replica: ReplicaId
+
+
 Message = Annotated[
-    Union[Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, Status, State],
+    Request | PrePrepare | Prepare | Commit | Reply | Checkpoint | Status | State | ViewChange | NewView,
     Field(discriminator="type"),
 ]
 MESSAGE_TYPES: tuple[type[_Message], ...] = (
-    Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, Status, State,
+    Request, PrePrepare, Prepare, Commit, Reply, Checkpoint, Status, State, ViewChange, NewView,
 )
 _MESSAGE_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
 # The envelope is a fixed-shape canonical map, on the path of every message, so it is built
