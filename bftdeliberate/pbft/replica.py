@@ -805,11 +805,14 @@ class Replica:
             effects += self._start_view_change(higher[self._f], now)
         if self.view_active:
             return effects
+        # A VIEW-CHANGE for a higher view abandons ours too: it counts toward starting the
+        # new-view timer (else members that moved past a view whose VIEW-CHANGEs were lost
+        # leave the rest waiting forever), but only ones for this view build its NEW-VIEW.
+        if self._view_timer_at is None and len(self._view_changes) > 2 * self._f:
+            self._view_timer_at = now + self._view_timeout
         supporting = [c for c in self._view_changes.values() if c.view == self.view]
         if len(supporting) < 2 * self._f + 1:
             return effects
-        if self._view_timer_at is None:
-            self._view_timer_at = now + self._view_timeout
         if self.is_primary and self._own_view_change is not None and self._may_sign():
             effects += self._send_new_view(supporting, now)
         return effects
