@@ -326,12 +326,13 @@ class Replica:
                 # A retransmission of an executed request: answer from the reply cache.
                 return [Reply(request.client, record.reply)]
             return self._drop("stale-request", request.client, str(request.timestamp), now)
+        if not relayed and not self.is_primary:
+            # The client is still waiting: so is this backup's request timer.
+            self._await(request.client, request.timestamp, now)
         key = (request.client, request.timestamp)
         if key in self._in_flight or key in self._queued:
             return self._drop("duplicate-request", request.client, str(request.timestamp), now)
         if not self.is_primary:
-            if not relayed:
-                self._await(request.client, request.timestamp, now)
             return self._relay(signed, request, relayed, now)
         if self._queued_per_client[request.client] >= self.config.max_queued_per_client:
             return self._drop("client-queue-full", request.client, str(request.timestamp), now)
@@ -912,7 +913,10 @@ class Replica:
             slot = self._slot(seq)
             slot.pre_prepare, slot.digest, slot.requests = pre_prepare, pre_prepare.message.digest, batch  # type: ignore[union-attr]
             if seq > self.last_executed:
-                self._in_flight.update((r.message.client, r.message.timestamp) for r in batch)  # type: ignore[union-attr]
+                for request in batch:
+                    client, timestamp = request.message.client, request.message.timestamp  # type: ignore[union-attr]
+                    self._in_flight.add((client, timestamp))
+                    self._await(client, timestamp, now)
             if not self.is_primary:
                 effects += self._send_prepare(slot, seq, now)
         if self.is_primary:
@@ -1033,12 +1037,13 @@ class Replica:
         return own
 
     def _on_status(self, signed: SignedMessage, message: Status, now: float) -> list[Effect]:
-        """A stalled peer: send it this replica's own messages for the slots it has not
-        executed yet but this replica has (at most one answer per peer per interval)."""
+        """A stalled peer: send it this replica's own messages for the slots above what it
+        executed -- also slots this replica has not executed itself: its PREPARE may be the
+        one the peer lacks (at most one answer per peer per interval)."""
         peer = message.replica
         view_behind = self.view_active and self._new_view is not None and (
             message.view < self.view or (message.view == self.view and not message.active))
-        if message.last_executed >= self.last_executed and not view_behind:
+        if message.last_executed >= max(self.last_executed, self._highest_slot) and not view_behind:
             return self._drop("status-not-behind", peer, str(message.last_executed), now)
         last = self._answered.get(peer)
         if last is not None and now - last < self.config.retransmit_interval:
@@ -1062,7 +1067,7 @@ class Replica:
             answer += [Send(peer, vote) for vote in self.stable_proof
                        if vote.message.replica == self.id]  # type: ignore[union-attr]
         first = max(message.last_executed, self.low_watermark) + 1
-        last_seq = min(self.last_executed, first + self.config.max_retransmit_slots - 1)
+        last_seq = min(self._highest_slot, first + self.config.max_retransmit_slots - 1)
         for seq in range(first, last_seq + 1):
             slot = self._log.get(seq)
             if slot is not None:
