@@ -55,7 +55,8 @@ class Oracles:
         self._verifier = Verifier(world.backend)
         # seq -> (digest, first honest member that executed it)
         self._agreed: dict[int, tuple[bytes, int]] = {}
-        self._executed: dict[int, set[tuple[str, int]]] = defaultdict(set)
+        # member -> request -> seq it executed at (this incarnation's memory and below)
+        self._executed: dict[int, dict[tuple[str, int], int]] = defaultdict(dict)
         self._views: dict[int, int] = {}
         self._committee_digest = world.committee.digest
         # Envelopes already found valid: honest replicas' certificates share most commits.
@@ -102,8 +103,20 @@ class Oracles:
             key = (request.client, request.timestamp)
             if key in executed:
                 self.violate("integrity",
-                             f"request {key} executed twice (again at seq {seq})", (member,), seq)
-            executed.add(key)
+                             f"request {key} executed twice (at seq {executed[key]} and {seq})",
+                             (member,), seq)
+            executed[key] = seq
+
+    def on_restart(self, member: int, restored_seq: int, *, disk_lost: bool) -> None:
+        """A restarted member starts from its checkpoint at ``restored_seq`` and executes the
+        batches above it again (a new process; the application state was restored): only
+        executions up to the checkpoint still count against it. Its view must not go back
+        (its disk holds it) -- unless the disk was lost, when it starts again from 0."""
+        executed = self._executed[member]
+        for key in [key for key, seq in executed.items() if seq > restored_seq]:
+            del executed[key]
+        if disk_lost:
+            self._views.pop(member, None)
 
     def _check_certificate(self, member: int, effect: Execute) -> None:
         world, seq = self.world, effect.seq

@@ -47,6 +47,9 @@ LIVENESS_NOT_CHECKED = "not-checked"
 WORKLOAD_KEYS = 97
 MINORITY_ORACLE = "minority-progress"
 MS = 1000.0
+#: After the workload completes, simulated time allowed for every honest member that is up
+#: to reach the same sequence number (laggards catch up by retransmission / state transfer).
+CONVERGENCE_BUDGET_MS = 20_000.0
 
 
 @dataclass
@@ -58,6 +61,9 @@ class RunResult:
     safety: str
     liveness: str
     completed_all: bool
+    #: Every honest member that is up executed up to the same seq by the end (checked when
+    #: liveness is expected: part of it).
+    converged: bool
     violations: list[dict[str, Any]]
     committed: int
     requests: int
@@ -81,7 +87,8 @@ class RunResult:
         result = {
             "scenario": self.scenario, "seed": self.seed, "n": self.n, "f": self.f,
             "safety": self.safety, "liveness": self.liveness,
-            "completed_all": self.completed_all, "violations": self.violations,
+            "completed_all": self.completed_all, "converged": self.converged,
+            "violations": self.violations,
             "committed": self.committed, "requests": self.requests,
             "executed": self.executed, "views": self.views,
             "byzantine_members": self.byzantine_members,
@@ -226,13 +233,15 @@ def _event_action(world: World, event: Event, watch: _MinorityWatch | None,
     if event.crash is not None:
         member = event.crash
         lose = True if event.lose_unsynced is None else event.lose_unsynced
-        return lambda: world.crash(member, lose)
+        lose_disk = bool(event.lose_disk)
+        return lambda: world.crash(member, lose, lose_disk)
     if event.restart is not None:
         member = event.restart
         return lambda: world.restart(member)
 
     def heal() -> None:
         network.heal()
+        world.reconnect()
         if watch is not None:
             watch.end()
     return heal
@@ -254,6 +263,7 @@ def schedule(world: World, scenario: Scenario) -> _MinorityWatch | None:
 
     def stabilize() -> None:
         world.network.stabilize()
+        world.reconnect()
         if watch is not None:
             watch.end()
     world.at(scenario.gst_ms / MS, stabilize, "gst")
@@ -290,17 +300,29 @@ def run_scenario(spec: Scenario, *, n: int | None = None, seed: int | None = Non
         # Stop at the first violation: the run has failed, and more events only add noise.
         world.run(until=lambda: bool(oracles.violations) or world.workload_done(),
                   max_time=scenario.max_time_ms / MS)
+        if scenario.expect.convergence and world.workload_done() and not oracles.violations:
+            world.run(until=lambda: bool(oracles.violations) or converged(world),
+                      max_time=min(scenario.max_time_ms / MS,
+                                   world.now + CONVERGENCE_BUDGET_MS / MS))
     if watch is not None:
         watch.end()
     oracles.final_checks()
     return _verdict(spec, scenario, world, requests, time.perf_counter() - started)
 
 
+def converged(world: World) -> bool:
+    """Every honest member that is up executed the same batches (the state oracle compares
+    their digests)."""
+    executed = {world.replicas[m].last_executed for m in world.honest if m not in world.down}
+    return len(executed) <= 1
+
+
 def _verdict(spec: Scenario, scenario: Scenario, world: World, requests: int | None,
              wall_seconds: float) -> RunResult:
     expect = scenario.expect
     safe = not world.violations
-    done = world.workload_done()
+    same = converged(world)
+    done = world.workload_done() and (same or not expect.convergence)
     if expect.liveness is None:
         liveness = LIVENESS_NOT_CHECKED
     else:
@@ -314,7 +336,8 @@ def _verdict(spec: Scenario, scenario: Scenario, world: World, requests: int | N
         f=world.committee.f,
         safety=SAFETY_OK if safe else SAFETY_VIOLATED,
         liveness=liveness,
-        completed_all=done,
+        completed_all=world.workload_done(),
+        converged=same,
         violations=[violation.as_dict() for violation in world.violations],
         committed=len(world.completed),
         requests=scenario.workload.requests,

@@ -182,6 +182,8 @@ class Event(_Model):
     crash: int | None = Field(None, ge=0)
     lose_unsynced: bool | None = Field(None, description="with crash: drop unsynced writes "
                                                          "(default true)")
+    lose_disk: bool | None = Field(None, description="with crash: the whole disk is lost; the "
+                                                     "member restarts knowing nothing (amnesia)")
     restart: int | None = Field(None, ge=0)
     heal: Literal[True] | None = Field(None, description="end partitions, one-way blocks, clogs")
 
@@ -194,6 +196,8 @@ class Event(_Model):
                                         f"{', '.join(actions) or 'none'}")
         if self.lose_unsynced is not None and self.crash is None:
             raise _field_error("lose_unsynced", "only goes with crash")
+        if self.lose_disk is not None and self.crash is None:
+            raise _field_error("lose_disk", "only goes with crash")
         return self
 
     @property
@@ -204,6 +208,14 @@ class Event(_Model):
 class Expect(_Model):
     safety: bool = Field(True, description="false: a negative control that must be violated")
     liveness: bool | None = Field(None, description="null: reported, not checked")
+    converge: bool | None = Field(
+        None, description="with liveness: every honest member that is up ends at the same "
+                          "seq (null: same as liveness; false where a victim of a faulty "
+                          "primary catches up only at the next checkpoint)")
+
+    @property
+    def convergence(self) -> bool:
+        return bool(self.liveness) if self.converge is None else self.converge
 
 
 class Scenario(_Model):
@@ -607,6 +619,9 @@ CHAOS_LIVENESS_BUDGET_MS = 30_000.0
 CHAOS_MAX_PARTITIONS = 2
 CHAOS_MAX_CLOGS = 2
 CHAOS_MAX_CLOG_MS = 5_000.0
+#: Probability that a crash loses the member's whole disk (only drawn when fewer than f
+#: members are Byzantine: an amnesiac member counts as faulty until it has caught up).
+CHAOS_LOSE_DISK_CHANCE = 0.3
 #: Probability that the run has a Byzantine client, a one-way block, a crash-restart.
 CHAOS_BAD_CLIENT_CHANCE = 0.2
 CHAOS_ONE_WAY_CHANCE = 0.3
@@ -726,7 +741,10 @@ def generate_chaos(seed: int, n: int | None, clients: int) -> dict[str, Any]:
         honest = [m for m in members if m not in byzantine_members]
         member = rng.choice(honest)
         crash_at = rng.uniform(0, gst)
-        events.append({"at_ms": crash_at, "crash": member, "lose_unsynced": rng.random() < 0.5})
+        crash = {"at_ms": crash_at, "crash": member, "lose_unsynced": rng.random() < 0.5}
+        if len(byzantine_members) < f and rng.random() < CHAOS_LOSE_DISK_CHANCE:
+            crash["lose_disk"] = True
+        events.append(crash)
         events.append({"at_ms": rng.uniform(crash_at, gst + CHAOS_LIVENESS_BUDGET_MS / 2),
                        "restart": member})
     # Stable sort by time (a heal drawn before its partition's start is impossible by

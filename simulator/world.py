@@ -87,13 +87,26 @@ class Traffic:
 class SimDisk:
     """A member's durable log. Writes are unsynced until the end of the step that made them
     (the driver syncs before it sends, as the real peer's batched fsync does); a crash with
-    ``lose_unsynced`` drops what was not synced."""
+    ``lose_unsynced`` drops what was not synced. A new stable checkpoint's ``state`` record
+    compacts the log (votes at or below it and older states are no longer needed)."""
 
     synced: list[Persist] = field(default_factory=list)
     unsynced: list[Persist] = field(default_factory=list)
 
     def append(self, record: Persist) -> None:
         self.unsynced.append(record)
+        if record.kind == "state":
+            self._compact(record.message.message.seq)  # type: ignore[union-attr]
+
+    def _compact(self, stable: int) -> None:
+        def needed(record: Persist) -> bool:
+            message = record.message.message
+            if record.kind == "state":
+                return message.seq >= stable  # type: ignore[union-attr]
+            seq = getattr(message, "seq", None)
+            return seq is None or seq > stable
+        self.synced = [r for r in self.synced if needed(r)]
+        self.unsynced = [r for r in self.unsynced if needed(r)]
 
     def sync(self) -> None:
         if self.unsynced:
@@ -165,6 +178,7 @@ class World:
         self.nodes.update(self.clients)
         self.byzantine: set[int] = set()
         self.down: set[int] = set()
+        self._amnesiac: set[int] = set()  # down members whose disk was lost
         self.network = Network(network or NetworkProfile(), self.rng("network"))
         clock_rng = self.rng("clocks")
         self._clock: dict[Node, tuple[float, float]] = {
@@ -239,18 +253,46 @@ class World:
         """Run ``action`` at global time ``when`` (fault schedules, phase changes)."""
         self._schedule(when, "action", label, label, action)
 
-    def crash(self, member: int, lose_unsynced: bool = True) -> None:
+    def crash(self, member: int, lose_unsynced: bool = True, lose_disk: bool = False) -> None:
+        """Stop ``member``: its memory is gone; its disk keeps what was synced (nothing at
+        all with ``lose_disk``)."""
         self.down.add(member)
         self._timer_at[member] = None
-        lost = self.disks[member].crash(lose_unsynced)
+        disk = self.disks[member]
+        lost = len(disk) if lose_disk else disk.crash(lose_unsynced)
+        if lose_disk:
+            self.disks[member] = SimDisk()
+            self._amnesiac.add(member)
         self._record("crash", member, member, f"lost={lost}".encode())
 
     def restart(self, member: int) -> None:
-        # Until crash recovery exists (view change / recovery issue) a restarted member comes
-        # back with the state it had: its synced disk is complete by construction.
+        """Start ``member`` again. An honest replica is a new process: a fresh ``Replica``
+        rebuilt from its disk (``Replica.restore``) or, after ``lose_disk``, one that knows
+        nothing and must not sign until it caught up (``Replica.lose_disk``). A Byzantine
+        wrapper keeps its state (its faults are its behaviours)."""
         self.down.discard(member)
+        if self.nodes[member] is self.replicas[member]:
+            replica = self.make_replica(member)
+            now = self.local_time(member)
+            if member in self._amnesiac:
+                replica.lose_disk()
+            else:
+                replica.restore(list(self.disks[member]), now)
+            self.replicas[member] = replica
+            self.nodes[member] = replica
+            self.oracles.on_restart(member, replica.last_executed,
+                                    disk_lost=member in self._amnesiac)
+        self._amnesiac.discard(member)
         self._record("restart", member, member, b"")
         self._arm(member)
+
+    def reconnect(self) -> None:
+        """Links came back (a healed partition): every member that is up is told, as the
+        peer runtime does on reconnecting (it then sends STATUS)."""
+        for member in range(self.committee.n):
+            node = self.nodes[member]
+            if member not in self.down and hasattr(node, "reconnected"):
+                self._perform(member, node.reconnected(self.local_time(member)))
 
     def submit(self, client_id: str, operation: bytes) -> None:
         """Have ``client_id`` send ``operation`` now."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from bftdeliberate.committee import Committee
@@ -86,6 +87,10 @@ RECENT_DROPS_KEPT = 256
 #: Verified VIEW-CHANGEs remembered by envelope bytes (a NEW-VIEW repeats the ones this
 #: replica already checked on arrival).
 CHECKED_VIEW_CHANGES_KEPT = 64
+#: Messages of the view being entered that arrive before its NEW-VIEW, held and replayed
+#: once it is accepted (reordering would otherwise cost a retransmission round). Oldest
+#: dropped first; verified only when replayed.
+MAX_EARLY_MESSAGES = 1024
 #: Result returned when the application raised: deterministic, so replicas still agree.
 APPLICATION_EXCEPTION_RESULT = cbor.encode({"ok": False, "error": "application-exception"})
 
@@ -128,6 +133,7 @@ class ReplicaStats:
     retransmissions: int = 0
     state_transfers: int = 0
     view_changes: int = 0
+    caught_up: int = 0
     new_views: int = 0
     executed_requests: int = 0
     executed_batches: int = 0
@@ -219,6 +225,9 @@ class Replica:
         self._own_view_change: SignedMessage | None = None
         # The NEW-VIEW that started the current view (re-sent to members still changing).
         self._new_view: SignedMessage | None = None
+        self._early: deque[tuple[int, bytes]] = deque(maxlen=MAX_EARLY_MESSAGES)
+        # The view this replica was active in before its current view change (catch-up).
+        self._left_view = 0
         # Highest view each member was seen in above ours; f+1 of them: we are behind.
         self._views_ahead: dict[int, int] = {}
         # Crash recovery: a replica that lost its disk signs no protocol vote until it has
@@ -229,6 +238,98 @@ class Replica:
         self.stats = ReplicaStats()
         self.recent_drops: deque[DropRecord] = deque(maxlen=RECENT_DROPS_KEPT)
         self.evidence: deque[Evidence] = deque(maxlen=self.config.max_evidence_kept)
+
+    # ------------------------------------------------------------------ recovery
+
+    def restore(self, records: Iterable[Persist], now: float) -> None:
+        """Rebuild after a restart from what this replica persisted (its disk), before any
+        input: the last stable checkpoint's state, its view, and every vote it signed above
+        that checkpoint -- so it never signs a conflicting one. What it executed above the
+        checkpoint is executed again as peers re-send the certificates (STATUS, at once)."""
+        state: SignedMessage | None = None
+        new_view: SignedMessage | None = None
+        view_change: SignedMessage | None = None
+        votes: list[Persist] = []
+        for record in records:
+            message = record.message.message
+            if record.kind == "state":
+                if state is None or message.seq > state.message.seq:  # type: ignore[union-attr]
+                    state = record.message
+            elif record.kind == "new-view":
+                if new_view is None or message.view >= new_view.message.view:  # type: ignore[union-attr]
+                    new_view = record.message
+            elif record.kind == "view-change":
+                if view_change is None or message.view >= view_change.message.view:  # type: ignore[union-attr]
+                    view_change = record.message
+            elif record.kind in ("pre-prepare", "prepare", "commit"):
+                votes.append(record)
+        if state is not None:
+            self._on_state(state, state.message, now)  # type: ignore[arg-type]
+        views = [r.message.message.view for r in votes]  # type: ignore[union-attr]
+        active_view = max([*views, new_view.message.view if new_view else 0])  # type: ignore[union-attr]
+        self.view = active_view
+        if view_change is not None and view_change.message.view > active_view:  # type: ignore[union-attr]
+            # It crashed while changing views: it is still changing (and re-sends its
+            # VIEW-CHANGE on the retransmission timer).
+            checked = self._check_view_change(view_change)
+            self.view, self.view_active = checked.view, False
+            self._own_view_change = view_change
+            self._view_changes[self.id] = checked
+            self._changed_without_progress = True
+        elif new_view is not None and new_view.message.view == active_view:  # type: ignore[union-attr]
+            self._new_view = new_view
+        for record in votes:
+            self._restore_vote(record)
+        if self.is_primary and self.view_active:
+            proposed = [r.message.message for r in votes if r.kind == "pre-prepare"
+                        and r.message.message.view == self.view]  # type: ignore[union-attr]
+            self._next_seq = max([self._next_seq, self.low_watermark + 1,
+                                  *(p.seq + 1 for p in proposed)])  # type: ignore[union-attr]
+            self._last_batch_timestamp = max([0, *(p.timestamp for p in proposed)])  # type: ignore[union-attr]
+        self.stats.state_transfers = 0
+        # Ask the others where they are right away (STATUS on the first timer).
+        self._retransmit_at = now
+
+    def _restore_vote(self, record: Persist) -> None:
+        message = record.message.message
+        seq = message.seq  # type: ignore[union-attr]
+        if seq <= self.low_watermark or not self._in_window(seq):
+            return
+        if record.kind == "commit" and record.proof:
+            proof = PreparedProof(message.view, seq, message.digest, record.proof[0],  # type: ignore[union-attr]
+                                  tuple(record.proof[1:]))
+            known = self._prepared_certs.get(seq)
+            if known is None or known.view < proof.view:
+                self._prepared_certs[seq] = proof
+        if message.view != self.view:  # type: ignore[union-attr]
+            return
+        slot = self._slot(seq)
+        slot.digest = message.digest  # type: ignore[union-attr]
+        if record.kind == "pre-prepare":
+            slot.pre_prepare = record.message
+            slot.requests = self._batch_requests(record.message)
+        elif record.kind == "prepare":
+            slot.prepares[self.id] = record.message
+        else:
+            slot.commits[self.id] = record.message
+            if record.proof:
+                # Prepared before the crash: the certificate is the slot's proposal and votes.
+                slot.pre_prepare = record.proof[0]
+                slot.requests = self._batch_requests(record.proof[0])
+                for vote in record.proof[1:]:
+                    slot.prepares[vote.message.replica] = vote  # type: ignore[union-attr]
+                slot.prepared = True
+        if slot.requests and seq > self.last_executed:
+            self._in_flight.update((r.message.client, r.message.timestamp)  # type: ignore[union-attr]
+                                   for r in slot.requests)
+
+    def lose_disk(self) -> None:
+        """Start as a replica whose disk was lost: it cannot know what it signed before, so
+        it signs no protocol vote until it is a whole window past the first checkpoint it
+        sees certified (state transfer brings it up to date meanwhile)."""
+        self.amnesiac = True
+        self._signing_resumes_after = None
+        self._retransmit_at = 0.0
 
     # ------------------------------------------------------------------ inputs
 
@@ -258,7 +359,10 @@ class Replica:
             if sender != message.client and not self._is_member(sender):
                 return self._drop("sender-mismatch", sender, "request relayed by a non-member", now)
             return self._on_request(signed, relayed=sender != message.client, now=now)
-        if sender != message.signer():
+        if sender != message.signer() and not (
+                isinstance(message, PrePrepare) and self._is_member(sender)):
+            # Only the primary's proposals may be relayed (STATUS answers forward them): the
+            # signature, not the link, says who proposed.
             return self._drop("sender-mismatch", sender, f"{message.type} signed as {message.signer()}", now)
         if sender == self.id:
             return self._drop("from-self", sender, message.type, now)
@@ -279,6 +383,12 @@ class Replica:
         if isinstance(message, NewView):
             return self._on_new_view(signed, message, now)
         return self._drop("unexpected-type", sender, message.type, now)
+
+    def reconnected(self, now: float) -> list[Effect]:
+        """The driver (re)established links to peers (a healed partition, a reconnect):
+        tell them where this replica is, so whoever is behind -- them or us -- catches up
+        without waiting for new traffic."""
+        return [Broadcast(self._status())]
 
     def submit(self, request: SignedMessage | bytes, now: float) -> list[Effect]:
         """A signed request handed over by the local shell (an embedded client)."""
@@ -399,8 +509,7 @@ class Replica:
     def _on_pre_prepare(self, signed: SignedMessage, message: PrePrepare, now: float) -> list[Effect]:
         sender = message.replica
         if message.view != self.view or not self.view_active:
-            self._note_view(signed, message.view)
-            return self._drop("wrong-view", sender, f"pre-prepare view {message.view}", now)
+            return self._wrong_view(signed, message.view, now)
         if sender != self.primary:
             return self._drop("not-primary", sender, f"pre-prepare seq {message.seq}", now)
         if not self._in_window(message.seq):
@@ -469,8 +578,7 @@ class Replica:
     def _on_prepare(self, signed: SignedMessage, message: Prepare, now: float) -> list[Effect]:
         sender = message.replica
         if message.view != self.view or not self.view_active:
-            self._note_view(signed, message.view)
-            return self._drop("wrong-view", sender, f"prepare view {message.view}", now)
+            return self._wrong_view(signed, message.view, now)
         if sender == self.primary:
             # The primary's vote is its PRE-PREPARE (counting both is the Sawtooth PR #111 bug).
             return self._drop("prepare-from-primary", sender, str(message.seq), now)
@@ -478,8 +586,7 @@ class Replica:
 
     def _on_commit(self, signed: SignedMessage, message: Commit, now: float) -> list[Effect]:
         if message.view != self.view or not self.view_active:
-            self._note_view(signed, message.view)
-            return self._drop("wrong-view", message.replica, f"commit view {message.view}", now)
+            return self._wrong_view(signed, message.view, now)
         return self._record_vote(signed, message, "commits", now)
 
     def _record_vote(
@@ -732,12 +839,15 @@ class Replica:
         if self._changed_without_progress:
             self._view_timeout = min(2 * self._view_timeout, self.config.max_view_change_timeout)
         self._changed_without_progress = True
+        if self.view_active:
+            self._left_view = self.view
         self.view, self.view_active = new_view, False
         self.stats.view_changes += 1
         self._view_timer_at = None  # the new-view timer starts with 2f+1 VIEW-CHANGEs
         self._batch_deadline = None
         self._relayed.clear()  # relay retransmitted requests to the next primary
         self._new_view = None
+        self._early.clear()
         for member in [m for m, c in self._view_changes.items() if c.view < new_view]:
             del self._view_changes[member]
         if not self._may_sign():
@@ -931,6 +1041,9 @@ class Replica:
         waiting = self._awaited and not self.is_primary
         self._view_timer_at = now + self._view_timeout if waiting else None
         self._progressed(now)
+        early, self._early = self._early, deque(maxlen=MAX_EARLY_MESSAGES)
+        for sender, raw in early:
+            effects += self._receive(sender, raw, now)
         return effects
 
     def _requeue(self, signed: SignedMessage, now: float) -> list[Effect]:
@@ -944,6 +1057,60 @@ class Replica:
         self._queued.add(key)
         self._queued_per_client[request.client] += 1
         return []
+
+    def _wrong_view(self, signed: SignedMessage, view: int, now: float) -> list[Effect]:
+        sender = signed.message.signer()
+        if not self.view_active and self._left_view <= view < self.view:
+            caught_up = self._catch_up(signed, now)
+            if caught_up is not None:
+                return caught_up
+        if view == self.view and not self.view_active:
+            self._early.append((sender, signed.raw))  # type: ignore[arg-type]
+            return self._drop("early-for-view", sender, f"{signed.type} view {view}", now)
+        self._note_view(signed, view)
+        return self._drop("wrong-view", sender, f"{signed.type} view {view}", now)
+
+    def _catch_up(self, signed: SignedMessage, now: float) -> list[Effect] | None:
+        """While changing views: execute what the views we left committed, from their commit
+        certificates (the primary's PRE-PREPARE and 2f+1 matching COMMITs prove the batch
+        committed, whatever view we are in now). Nothing is signed: a member that went into
+        a view change alone (clogged, or fed a twin's proposals) keeps up with the others
+        instead of diverging until they change views too. None: not applicable."""
+        message = signed.message
+        seq = message.seq  # type: ignore[union-attr]
+        if isinstance(message, Prepare) or seq <= self.last_executed or not self._in_window(seq):
+            return None
+        slot = self._log.get(seq)
+        view = message.view  # type: ignore[union-attr]
+        if slot is not None and (slot.committed or slot.view > view):
+            return None
+        if slot is None or slot.view < view:
+            # The others may have moved on to a view we never entered (we are changing to a
+            # higher one): the highest view below ours that commits wins the slot.
+            if not self._verify(signed):
+                return None
+            slot = self._log[seq] = _Slot(view=view)
+            self._highest_slot = max(self._highest_slot, seq)
+        # (Votes stored before the view change count too: check after any message.)
+        if isinstance(message, Commit):
+            if message.replica not in slot.commits and self._verify(signed):
+                slot.commits[message.replica] = signed
+        elif slot.pre_prepare is None or slot.digest != message.digest:  # type: ignore[union-attr]
+            proposal: PrePrepare = message  # type: ignore[assignment]
+            # Replace a proposal only with one that f+1 commits (one honest) vouch for.
+            replaceable = slot.pre_prepare is None or self._matching(
+                slot.commits, proposal.digest) > self._f
+            if (replaceable and proposal.replica == proposal.view % self._n
+                    and batch_digest(proposal.timestamp, proposal.batch) == proposal.digest
+                    and self._verify(signed)):
+                requests = self._valid_batch(proposal.batch)
+                if requests is not None:
+                    slot.pre_prepare, slot.digest, slot.requests = signed, proposal.digest, requests
+        if slot.pre_prepare is None or self._matching(slot.commits, slot.digest) < 2 * self._f + 1:
+            return []
+        slot.committed = True
+        self.stats.caught_up += 1
+        return self._execute_ready(now)
 
     def _note_view(self, signed: SignedMessage, view: int) -> None:
         """A signed message from a view above ours: f+1 such members mean we missed a view
@@ -978,10 +1145,12 @@ class Replica:
 
     # ---------------------------------------------------------- retransmission
 
-    def _note_ahead(self, signed: SignedMessage, seq: int) -> None:
-        """A signed message above our window: its signer is ahead of us."""
+    def _note_ahead(self, signed: SignedMessage, seq: int, *, status: bool = False) -> None:
+        """A signed message above our window (or a STATUS reporting more executed than
+        here): its signer is ahead of us."""
         member = signed.message.signer()
-        if seq <= self.low_watermark + self.config.log_window or type(member) is not int:
+        if type(member) is not int or (
+                not status and seq <= self.low_watermark + self.config.log_window):
             return
         if seq <= self._ahead.get(member, 0) or not self._verify(signed):
             return
@@ -1024,10 +1193,12 @@ class Replica:
             if seq > self.low_watermark and self.id in votes:
                 effects.append(Broadcast(votes[self.id]))
         self.stats.retransmissions += len(effects)
-        status = self._sign(Status(view=self.view, active=self.view_active,
-                                   last_executed=self.last_executed,
-                                   low_watermark=self.low_watermark, replica=self.id))
-        return effects + [Broadcast(status)]
+        return effects + [Broadcast(self._status())]
+
+    def _status(self) -> SignedMessage:
+        return self._sign(Status(view=self.view, active=self.view_active,
+                                 last_executed=self.last_executed,
+                                 low_watermark=self.low_watermark, replica=self.id))
 
     def _own_messages(self, slot: _Slot) -> list[SignedMessage]:
         own = []
@@ -1044,6 +1215,8 @@ class Replica:
         view_behind = self.view_active and self._new_view is not None and (
             message.view < self.view or (message.view == self.view and not message.active))
         if message.last_executed >= max(self.last_executed, self._highest_slot) and not view_behind:
+            if message.last_executed > self.last_executed:
+                self._note_ahead(signed, message.last_executed, status=True)
             return self._drop("status-not-behind", peer, str(message.last_executed), now)
         last = self._answered.get(peer)
         if last is not None and now - last < self.config.retransmit_interval:
@@ -1068,10 +1241,17 @@ class Replica:
                        if vote.message.replica == self.id]  # type: ignore[union-attr]
         first = max(message.last_executed, self.low_watermark) + 1
         last_seq = min(self._highest_slot, first + self.config.max_retransmit_slots - 1)
+        forwards = 1 <= (self.id - peer) % self._n <= self._f + 1
         for seq in range(first, last_seq + 1):
             slot = self._log.get(seq)
             if slot is not None:
-                answer += [Send(peer, own) for own in self._own_messages(slot)]
+                own = self._own_messages(slot)
+                if forwards and slot.committed and slot.pre_prepare is not None \
+                        and slot.pre_prepare not in own:
+                    # The primary's signed proposal of a committed slot: the peer may hold
+                    # another version (an equivocating primary) or none.
+                    own.append(slot.pre_prepare)
+                answer += [Send(peer, message) for message in own]
         self.stats.retransmissions += len(answer)
         return answer
 
