@@ -119,6 +119,9 @@ EXAMPLES = {
     "bench sim": "examples:\n  bftd bench sim\n"
                  "  bftd bench sim --scenario chaos --n 4 --requests 50 --seconds 20 --jobs 2 "
                  "--json",
+    "bench viewchange": "examples:\n  bftd bench viewchange\n"
+                        "  bftd bench viewchange --n 4,7 --seeds 3 --json\n"
+                        "  bftd bench viewchange --n 10 --fail-at-s 2.5",
 }
 
 
@@ -190,6 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench_sim.add_argument("--jobs", type=_positive, default=2, help="processes (default 2)")
     bench_sim.add_argument("--json", action="store_true", help="print the report as JSON")
     bench_sim.set_defaults(handler=cmd_bench_sim)
+    bench_vc = _command(bench, "viewchange", "primary crash: time to the first commit in the new "
+                                             "view, view-change messages and bytes vs n",
+                        EXAMPLES["bench viewchange"])
+    bench_vc.add_argument("--n", type=_member_list, default=[4, 7, 10, 13, 16],
+                          help="committee sizes (default 4,7,10,13,16)")
+    bench_vc.add_argument("--seeds", type=_positive, default=5,
+                          help="seeds per n, figures are medians (default 5)")
+    bench_vc.add_argument("--fail-at-s", type=_seconds, default=None, metavar="SECONDS",
+                          help="crash the primary at this simulated time (default: right "
+                               "after it executes seq 72)")
+    bench_vc.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench_vc.set_defaults(handler=cmd_bench_viewchange)
 
     sim = _group(_command(commands, "sim", "deterministic simulation: scenarios, runs, sweeps"),
                  "sim_command", "ACTION")
@@ -353,6 +368,7 @@ DEFAULT_SWEEP_SEEDS = 10
 #: Failed runs whose repro line a sweep prints (all are in --json).
 MAX_FAILURES_SHOWN = 50
 SWEEP_TABLE_WIDTH = 100
+BENCH_VC_TABLE_WIDTH = 130
 
 
 def cmd_sim_list(args: argparse.Namespace, console: Console) -> int:
@@ -553,6 +569,59 @@ def cmd_bench_sim(args: argparse.Namespace, console: Console) -> int:
     ):
         table.add_row(figure, value)
     console.print(table)
+    return code
+
+
+def cmd_bench_viewchange(args: argparse.Namespace, console: Console) -> int:
+    from benchmarks.viewchange import run
+
+    # The canonical command of this report (every option spelled out: it reproduces it).
+    command = (f"bftd bench viewchange --n {','.join(map(str, args.n))} --seeds {args.seeds}"
+               + (f" --fail-at-s {args.fail_at_s:g}" if args.fail_at_s is not None else "")
+               + (" --json" if args.json else ""))
+    report = run(args.n, args.seeds, fail_at_s=args.fail_at_s, command=command)
+    code = EXIT_OK if report["ok"] else EXIT_FAILED
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return code
+    table = Table(title=f"bench viewchange: {report['failure']}; medians of {report['seeds']} "
+                        f"seeds, T = {report['base_timeout_s']:g} s, {report['wall_seconds']:.1f} s")
+    table.box = box.SIMPLE_HEAD
+    # VC/NV: VIEW-CHANGE/NEW-VIEW messages; "all": every message of the episode (crash to
+    # first commit); msgs/n², bytes/n³ and the slopes (from the previous n) are VC+NV's;
+    # P: prepared certificates per VIEW-CHANGE.
+    for column in ("n", "f", "to commit s", "×T", "VC", "NV", "all msgs", "VC+NV kB",
+                   "all kB", "msgs/n²", "bytes/n³", "slope msgs", "slope bytes", "P"):
+        table.add_column(column, justify="right", no_wrap=True)
+
+    def number(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    for r in report["results"]:
+        m, b, g = r["messages"], r["bytes"], r["growth"]
+        style = None if r["view_advanced"] and r["meets_goal"] else "red"
+        table.add_row(str(r["n"]), str(r["f"]), number(r["failure_to_commit_s"], ".3f"),
+                      number(r["timeout_multiple"], ".2f"), number(m["view_change"], ".0f"),
+                      number(m["new_view"], ".0f"), number(m["all"], ".0f"),
+                      number(b["view_change_and_new_view"] and b["view_change_and_new_view"] / 1000,
+                             ",.0f"),
+                      number(b["all"] and b["all"] / 1000, ",.0f"),
+                      number(g["view_change_messages_per_n2"], ".2f"),
+                      number(g["view_change_bytes_per_n3"], ",.0f"),
+                      number(g["view_change_messages_slope"], ".2f"),
+                      number(g["view_change_bytes_slope"], ".2f"),
+                      number(r["prepared_certs_per_view_change"], "g"), style=style)
+    wide = console if console.is_terminal else Console(width=BENCH_VC_TABLE_WIDTH)
+    wide.print(table)
+    e = report["growth_exponents"]
+    console.print(f"growth exponents (least squares over n): VIEW-CHANGE+NEW-VIEW messages "
+                  f"n^{number(e['view_change_messages'], '.2f')}, bytes "
+                  f"n^{number(e['view_change_bytes'], '.2f')}; all episode traffic messages "
+                  f"n^{number(e['all_messages'], '.2f')}, bytes n^{number(e['all_bytes'], '.2f')} "
+                  f"(PBFT: n^2 messages, n^3 bytes)", highlight=False)
+    goal = "[green]met[/]" if report["meets_goal"] else "[red]NOT met[/]"
+    console.print(f"goal: first commit in the new view within "
+                  f"{report['results'][0]['goal_timeout_multiple']:g} × T in every run: {goal}")
     return code
 
 
