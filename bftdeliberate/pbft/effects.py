@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bftdeliberate.wire.messages import Request, SignedMessage
+from bftdeliberate.errors import DecodeError
+from bftdeliberate.wire import cbor
+from bftdeliberate.wire.messages import Request, SignedMessage, decode_envelope
+
+#: The kinds of ``Persist`` records (what ``Replica.restore`` reads back).
+PERSIST_KINDS = frozenset({"pre-prepare", "prepare", "commit", "checkpoint", "view-change",
+                           "new-view", "state"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +102,25 @@ class Completed:
     timestamp: int
     result: bytes
     view: int
+
+
+def encode_persist(record: Persist) -> bytes:
+    """One ``Persist`` as a durable record payload (canonical CBOR of the signed envelopes;
+    ``storage.RecordLog`` frames, chains and fsyncs it)."""
+    return cbor.encode({"kind": record.kind, "message": record.message.raw,
+                        "proof": [proof.raw for proof in record.proof]})
+
+
+def decode_persist(payload: bytes) -> Persist:
+    """The ``Persist`` a record payload holds; ``DecodeError`` if it is not one."""
+    fields = cbor.decode(payload)
+    if (type(fields) is not dict or set(fields) != {"kind", "message", "proof"}
+            or fields["kind"] not in PERSIST_KINDS or type(fields["message"]) is not bytes
+            or type(fields["proof"]) is not list
+            or any(type(raw) is not bytes for raw in fields["proof"])):
+        raise DecodeError("not a persisted protocol record")
+    return Persist(fields["kind"], decode_envelope(fields["message"]),
+                   tuple(decode_envelope(raw) for raw in fields["proof"]))
 
 
 Effect = Send | Broadcast | Reply | Persist | Execute | CheckpointStable | Evidence | Completed
