@@ -164,13 +164,42 @@ def test_state_with_a_forged_or_short_proof_is_refused():
     replica = g.replica(1, SMALL_LOG)
     digest = b"\x42" * 32
     votes = [g.sign(Checkpoint(seq=8, state_digest=digest, replica=r), r) for r in (0, 2)]
-    short = g.sign(State(seq=8, proof=tuple(v.raw for v in votes), app_snapshot=b"\xa0",
-                         clients=b"\x80", replica=2), 2)
+    blob = b"\x82\x41\xa0\x80"  # [b"\xa0", []]
+    short = g.sign(State(seq=8, proof=tuple(v.raw for v in votes), total=len(blob), offset=0,
+                         data=blob, replica=2), 2)
     assert replica.receive(2, short.raw, 1.0) == []
     assert replica.stats.dropped["bad-state-proof"] == 1
     # A full certificate, but the bytes do not hash to the certified digest: evidence.
     votes.append(g.sign(Checkpoint(seq=8, state_digest=digest, replica=3), 3))
-    lying = g.sign(State(seq=8, proof=tuple(v.raw for v in votes), app_snapshot=b"\xa0",
-                         clients=b"\x80", replica=2), 2)
+    lying = g.sign(State(seq=8, proof=tuple(v.raw for v in votes), total=len(blob), offset=0,
+                         data=blob, replica=2), 2)
     effects = replica.receive(2, lying.raw, 1.0)
     assert [e.kind for e in effects] == ["bad-state"] and replica.last_executed == 0
+    # A chunk claiming bytes past the state's size is refused before anything is kept.
+    beyond = g.sign(State(seq=8, proof=tuple(v.raw for v in votes), total=4, offset=2,
+                          data=b"abc", replica=3), 3)
+    assert replica.receive(3, beyond.raw, 1.0) == [] and replica._assemblies == {}
+
+
+def test_large_state_travels_in_chunks_and_a_lying_sender_cannot_poison_it():
+    """A state several times the chunk size reaches a lagging member in chunks, over a
+    reordering network, while a Byzantine member sends chunks of a state of its own."""
+    from simulator.byzantine import BehaviourSpec, make_byzantine
+
+    config = ReplicaConfig(batch_size=10, checkpoint_interval=8, log_window=16,
+                           state_chunk_size=256)
+    reordering = NetworkProfile(delay_ms=(0.5, 5.0), reorder=True)
+    cluster = World(4, seed=23, clients=4, config=config, network=reordering)
+    make_byzantine(cluster, 1, [BehaviourSpec("fake-checkpoint", {"keep_honest": True}, 0.0)])
+    cluster.network.partition([[0, 1, 2], [3]])
+    cluster.at(0.4, cluster.network.heal, "heal")
+    assert cluster.run_workload(operations(300), max_time=60)
+    lagging = cluster.replicas[3]
+    cluster.run(until=lambda: lagging.last_executed == cluster.replicas[0].last_executed,
+                max_time=cluster.now + 30)
+    assert lagging.stats.state_transfers >= 1
+    assert len(cluster.replicas[0]._signed_state()) >= 5  # really chunked
+    assert lagging.last_executed == cluster.replicas[0].last_executed
+    assert lagging.state_digest() == cluster.replicas[0].state_digest()
+    cluster.oracles.final_checks()
+    assert cluster.violations == []

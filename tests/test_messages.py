@@ -8,19 +8,21 @@ from hypothesis import strategies as st
 
 from bftdeliberate.errors import DecodeError
 from bftdeliberate.wire import cbor
-from bftdeliberate.wire.limits import MAX_BATCH_SIZE, MAX_ID_LENGTH
+from bftdeliberate.wire.limits import MAX_BATCH_SIZE, MAX_ID_LENGTH, MAX_STATE_SIZE
 from bftdeliberate.wire.messages import (
     MAX_COUNTER,
     MAX_REPLICA_ID,
     MAX_REPLY_PATH_LENGTH,
     Checkpoint,
     Commit,
+    NewView,
     Prepare,
     PrePrepare,
     Reply,
     Request,
     State,
     Status,
+    ViewChange,
     decode_body,
     decode_envelope,
     encode_body,
@@ -47,10 +49,19 @@ MESSAGES = st.one_of(
               index=st.integers(0, MAX_BATCH_SIZE - 1), size=st.integers(1, MAX_BATCH_SIZE),
               path=st.lists(digests, max_size=MAX_REPLY_PATH_LENGTH).map(tuple)),
     st.builds(Checkpoint, seq=counters, state_digest=digests, replica=replica_ids),
-    st.builds(Status, view=counters, last_executed=counters, low_watermark=counters,
-              replica=replica_ids),
+    st.builds(Status, view=counters, active=st.booleans(), last_executed=counters,
+              low_watermark=counters, replica=replica_ids),
     st.builds(State, seq=counters, proof=st.lists(st.binary(max_size=64), max_size=4).map(tuple),
-              app_snapshot=st.binary(max_size=128), clients=st.binary(max_size=64),
+              total=st.integers(1, MAX_STATE_SIZE), offset=st.integers(0, MAX_STATE_SIZE - 1),
+              data=st.binary(min_size=1, max_size=128), replica=replica_ids),
+    st.builds(ViewChange, view=counters, checkpoint=counters,
+              proof=st.lists(st.binary(max_size=64), max_size=4).map(tuple),
+              prepared=st.lists(st.lists(st.binary(max_size=64), min_size=1, max_size=4)
+                                .map(tuple), max_size=3).map(tuple),
+              replica=replica_ids),
+    st.builds(NewView, view=counters,
+              view_changes=st.lists(st.binary(max_size=64), max_size=4).map(tuple),
+              pre_prepares=st.lists(st.binary(max_size=64), max_size=4).map(tuple),
               replica=replica_ids),
 )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from bftdeliberate.errors import LocalError
-from bftdeliberate.wire.limits import MAX_BATCH_SIZE, MAX_LOG_WINDOW
+from bftdeliberate.wire.limits import MAX_BATCH_SIZE, MAX_LOG_WINDOW, MAX_STATE_CHUNK
 
 #: Requests per PRE-PREPARE when the queue is long (throughput vs. latency).
 DEFAULT_BATCH_SIZE = 100
@@ -36,6 +36,8 @@ DEFAULT_MAX_RETRANSMIT_SLOTS = 32
 #: (Castro & Liskov 4.4), capped at the maximum; progress resets it to T.
 DEFAULT_VIEW_CHANGE_TIMEOUT = 1.0
 DEFAULT_MAX_VIEW_CHANGE_TIMEOUT = 64.0
+#: Bytes of checkpoint state per STATE message (state transfer sends the state in chunks).
+DEFAULT_STATE_CHUNK_SIZE = MAX_STATE_CHUNK
 #: Equivocation and other proofs kept in memory (the rest are only emitted as effects).
 DEFAULT_MAX_EVIDENCE_KEPT = 1024
 #: Client: first retransmission timeout (seconds); doubles per retry up to the maximum.
@@ -58,6 +60,7 @@ class ReplicaConfig:
     max_retransmit_slots: int = DEFAULT_MAX_RETRANSMIT_SLOTS
     view_change_timeout: float = DEFAULT_VIEW_CHANGE_TIMEOUT
     max_view_change_timeout: float = DEFAULT_MAX_VIEW_CHANGE_TIMEOUT
+    state_chunk_size: int = DEFAULT_STATE_CHUNK_SIZE
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
@@ -69,6 +72,8 @@ class ReplicaConfig:
         k, window = self.checkpoint_interval, self.log_window
         if window < 2 * k or window % k:
             raise LocalError("log_window must be a multiple of checkpoint_interval and >= 2x it")
+        if not 1 <= self.state_chunk_size <= MAX_STATE_CHUNK:
+            raise LocalError(f"state_chunk_size must be in 1..{MAX_STATE_CHUNK}")
         if window > MAX_LOG_WINDOW:
             raise LocalError(f"log_window must be <= {MAX_LOG_WINDOW}")
         if not 0 < self.view_change_timeout <= self.max_view_change_timeout:

@@ -118,6 +118,20 @@ class _ClientRecord:
     reply: SignedMessage | None  # None only while its batch is being signed
 
 
+@dataclass(slots=True)
+class _Assembly:
+    """Chunks of one sender's STATE for checkpoint ``seq`` (out of order is fine)."""
+
+    seq: int
+    total: int
+    proof: bytes  # the proof envelopes every chunk must repeat, concatenated
+    digest: bytes
+    votes: tuple[SignedMessage, ...]
+    first: SignedMessage  # a signed chunk: the evidence if the whole does not hash
+    parts: dict[int, bytes] = field(default_factory=dict)
+    received: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class DropRecord:
     reason: str
@@ -198,7 +212,10 @@ class Replica:
         self._checkpoint_votes: dict[int, dict[int, SignedMessage]] = {}
         # seq -> (state digest, application snapshot, encoded reply table) at that checkpoint.
         self._own_checkpoints: dict[int, tuple[bytes, bytes, bytes]] = {}
-        self._state_message: SignedMessage | None = None  # signed State for the stable seq
+        # The signed State chunks of the stable checkpoint (signed once per checkpoint).
+        self._state_chunks: tuple[SignedMessage, ...] = ()
+        # Incoming state transfers being assembled, one per sender (at most f+1 at once).
+        self._assemblies: dict[int, _Assembly] = {}
         # Highest seq each member was seen working on above our window, and the seq that
         # f+1 of them (so at least one honest) have passed: evidence that we are behind.
         self._ahead: dict[int, int] = {}
@@ -250,7 +267,8 @@ class Replica:
         new_view: SignedMessage | None = None
         view_change: SignedMessage | None = None
         votes: list[Persist] = []
-        for record in records:
+        records_list = list(records)
+        for record in records_list:
             message = record.message.message
             if record.kind == "state":
                 if state is None or message.seq > state.message.seq:  # type: ignore[union-attr]
@@ -264,7 +282,10 @@ class Replica:
             elif record.kind in ("pre-prepare", "prepare", "commit"):
                 votes.append(record)
         if state is not None:
-            self._on_state(state, state.message, now)  # type: ignore[arg-type]
+            for record in records_list:
+                if record.kind == "state" and record.message is state:
+                    for chunk in (record.message, *record.proof):
+                        self._on_state(chunk, chunk.message, now)  # type: ignore[arg-type]
         views = [r.message.message.view for r in votes]  # type: ignore[union-attr]
         active_view = max([*views, new_view.message.view if new_view else 0])  # type: ignore[union-attr]
         self.view = active_view
@@ -781,9 +802,10 @@ class Replica:
             self._signing_resumes_after = seq + self.config.log_window
         self._progressed(now)
         effects: list[Effect] = [CheckpointStable(seq, digest)]
-        state = self._signed_state()
-        if state is not None:
-            effects.insert(0, Persist("state", state))  # what a restart starts from
+        chunks = self._signed_state()
+        if chunks:
+            # What a restart starts from (the first chunk; the others ride along).
+            effects.insert(0, Persist("state", chunks[0], chunks[1:]))
         if self.is_primary:
             effects += self._propose_ready(now, flush=False)
         return effects
@@ -1232,9 +1254,8 @@ class Replica:
             # Behind our stable checkpoint: the slots it lacks are gone; send the state.
             # Only the f+1 members after the peer (in id order) do, so at least one honest
             # member sends it but not all n-1 ship a whole snapshot.
-            state = self._signed_state()
-            if state is not None and 1 <= (self.id - peer) % self._n <= self._f + 1:
-                answer.append(Send(peer, state))
+            if 1 <= (self.id - peer) % self._n <= self._f + 1:
+                answer += [Send(peer, chunk) for chunk in self._signed_state()]
         elif message.low_watermark < self.low_watermark:
             # Help it make our stable checkpoint stable too (it executed that far).
             answer += [Send(peer, vote) for vote in self.stable_proof
@@ -1257,17 +1278,23 @@ class Replica:
 
     # ---------------------------------------------------------- state transfer
 
-    def _signed_state(self) -> SignedMessage | None:
-        """The signed State at the stable checkpoint (signed once per checkpoint)."""
+    def _signed_state(self) -> tuple[SignedMessage, ...]:
+        """The stable checkpoint's state as signed STATE chunks (signed once per checkpoint)."""
         seq = self.low_watermark
         own = self._own_checkpoints.get(seq)
         if own is None or not self.stable_proof:
-            return None
-        cached = self._state_message
-        if cached is None or cached.message.seq != seq:  # type: ignore[union-attr]
-            cached = self._sign(State(seq=seq, proof=tuple(v.raw for v in self.stable_proof),
-                                      app_snapshot=own[1], clients=own[2], replica=self.id))
-            self._state_message = cached
+            return ()
+        cached = self._state_chunks
+        if not cached or cached[0].message.seq != seq:  # type: ignore[union-attr]
+            blob = cbor.encode([own[1], cbor.decode(own[2], max_size=len(own[2]), max_depth=3)],
+                               max_depth=4)
+            proof = tuple(v.raw for v in self.stable_proof)
+            size = self.config.state_chunk_size
+            cached = tuple(
+                self._sign(State(seq=seq, proof=proof, total=len(blob), offset=offset,
+                                 data=blob[offset:offset + size], replica=self.id))
+                for offset in range(0, len(blob), size))
+            self._state_chunks = cached
         return cached
 
     def _certified_digest(self, seq: int, proof: tuple[bytes, ...]) -> tuple[bytes, tuple[SignedMessage, ...]] | None:
@@ -1291,41 +1318,77 @@ class Replica:
         return digest, tuple(v for v in votes.values() if v.message.state_digest == digest)  # type: ignore[union-attr]
 
     def _on_state(self, signed: SignedMessage, message: State, now: float) -> list[Effect]:
-        """Adopt a peer's checkpoint state if 2f+1 members certified its digest and the
-        bytes hash to it. The sender need not be trusted: the proof and the hash are."""
+        """Assemble a peer's checkpoint state chunk by chunk and adopt it if 2f+1 members
+        certified its digest and the assembled bytes hash to it. The sender need not be
+        trusted: the proof and the hash are."""
         sender = message.replica
         if message.seq <= self.last_executed or message.seq % self.config.checkpoint_interval:
             return self._drop("stale-state", sender, str(message.seq), now)
-        if not self._verify(signed):
+        if message.offset + len(message.data) > message.total:
+            return self._drop("bad-state", sender, "chunk beyond the state's size", now)
+        assembly = self._assemblies.get(sender)
+        proof_bytes = b"".join(message.proof)
+        if assembly is not None and (assembly.seq, assembly.total, assembly.proof) != (
+                message.seq, message.total, proof_bytes):
+            if assembly.seq >= message.seq:
+                return self._drop("stale-state", sender, str(message.seq), now)
+            assembly = None  # a newer checkpoint from this sender replaces the old one
+        if assembly is None:
+            for old in [m for m, a in self._assemblies.items() if a.seq <= self.last_executed]:
+                del self._assemblies[old]
+            if sender not in self._assemblies and len(self._assemblies) > self._f:
+                # f+1 transfers at once include an honest sender; more only cost memory.
+                return self._drop("state-busy", sender, str(message.seq), now)
+            if not self._verify(signed):
+                return self._drop("bad-signature", sender, "state", now)
+            certified = self._certified_digest(message.seq, message.proof)
+            if certified is None:
+                return self._drop("bad-state-proof", sender, str(message.seq), now)
+            assembly = self._assemblies[sender] = _Assembly(
+                message.seq, message.total, proof_bytes, certified[0], certified[1], signed)
+        elif message.offset in assembly.parts:
+            return self._drop("duplicate", sender, f"state chunk {message.offset}", now)
+        elif not self._verify(signed):
             return self._drop("bad-signature", sender, "state", now)
-        certified = self._certified_digest(message.seq, message.proof)
-        if certified is None:
-            return self._drop("bad-state-proof", sender, str(message.seq), now)
-        digest, proof = certified
+        if assembly.received + len(message.data) > assembly.total:
+            del self._assemblies[sender]
+            return self._drop("bad-state", sender, "chunks overlap", now)
+        assembly.parts[message.offset] = message.data
+        assembly.received += len(message.data)
+        if assembly.received < assembly.total:
+            return []
+        del self._assemblies[sender]
+        return self._adopt_state(sender, assembly, now)
+
+    def _adopt_state(self, sender: int, assembly: _Assembly, now: float) -> list[Effect]:
+        blob = b"".join(assembly.parts[offset] for offset in sorted(assembly.parts))
+        digest, proof = assembly.digest, assembly.votes
         try:
-            table = cbor.decode(message.clients, max_size=len(message.clients), max_depth=3)
+            snapshot, table = cbor.decode(blob, max_size=len(blob), max_depth=4)
             clients = {entry[0]: _ClientRecord(entry[1], entry[2], None) for entry in table}
-            well_formed = all(
+            well_formed = type(snapshot) is bytes and len(blob) == assembly.total and all(
                 type(e) is list and len(e) == 3 and type(e[0]) is str and type(e[1]) is int
                 and type(e[2]) is bytes for e in table)
-        except (DecodeError, TypeError, IndexError, KeyError):
+        except (DecodeError, TypeError, IndexError, KeyError, ValueError):
             well_formed = False
         if not well_formed:
-            return self._drop("bad-state", sender, "client table", now)
+            effects = self._convict("bad-state", sender, assembly.first)
+            return effects + self._drop("bad-state", sender, "not a state", now)
         previous = self.app.snapshot()
         try:
-            self.app.restore(message.app_snapshot)
+            self.app.restore(snapshot)
             matches = self._digest_of(self.app.digest(), table) == digest
         except Exception:  # noqa: BLE001 - a peer's bytes must never crash the replica
             matches = False
         if not matches:
             self.app.restore(previous)
-            effects = self._convict("bad-state", sender, signed)
-            return effects + self._drop("bad-state", sender, str(message.seq), now)
-        seq = message.seq
+            effects = self._convict("bad-state", sender, assembly.first)
+            return effects + self._drop("bad-state", sender, str(assembly.seq), now)
+        encoded_table = cbor.encode(table, max_depth=3)
+        seq = assembly.seq
         self._clients = clients
         self.last_executed = seq
-        self._own_checkpoints = {seq: (digest, message.app_snapshot, message.clients)}
+        self._own_checkpoints = {seq: (digest, snapshot, encoded_table)}
         self._in_flight = {(client, ts) for client, ts in self._in_flight
                            if client not in clients or ts > clients[client].timestamp}
         self._awaited = {client: ts for client, ts in self._awaited.items()

@@ -23,3 +23,8 @@ MAX_ID_LENGTH = 128
 #: Largest log window L (sequence numbers above the stable checkpoint): bounds the prepared
 #: certificates of one VIEW-CHANGE and the O set of one NEW-VIEW.
 MAX_LOG_WINDOW = 4096
+#: Largest checkpoint state (application snapshot plus reply table) a replica accepts by
+#: state transfer; it arrives in chunks, each within one message.
+MAX_STATE_SIZE = 256 * 1024 * 1024
+#: Largest state chunk a replica sends (leaves room for the proof within one message).
+MAX_STATE_CHUNK = 1024 * 1024

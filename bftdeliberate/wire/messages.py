@@ -32,6 +32,7 @@ from bftdeliberate.wire.limits import (
     MAX_MESSAGE_SIZE,
     MAX_OPERATION_SIZE,
     MAX_RESULT_SIZE,
+    MAX_STATE_SIZE,
 )
 
 if TYPE_CHECKING:
@@ -169,15 +170,19 @@ class Status(_Message):
 
 
 class State(_Message):
-    """State transfer: the state at stable checkpoint ``seq`` with its proof, the 2f+1
-    matching CHECKPOINT envelopes. ``clients`` is the canonical CBOR of the reply table
-    ``[[client, timestamp, result], ...]`` (sorted by client) that the digest covers."""
+    """State transfer, one chunk: bytes ``offset`` .. ``offset + len(data)`` of the state at
+    stable checkpoint ``seq``, a blob of ``total`` bytes -- the canonical CBOR of
+    ``[app_snapshot, reply_table]`` with the reply table ``[[client, timestamp, result],
+    ...]`` (sorted by client) that the state digest covers. Every chunk carries the proof,
+    the 2f+1 matching CHECKPOINT envelopes, so each is attributable on its own; the whole is
+    checked against the certified digest once assembled."""
 
     type: Literal["state"] = "state"
     seq: Counter
     proof: MemberEnvelopes
-    app_snapshot: bytes
-    clients: bytes
+    total: Annotated[int, Field(ge=1, le=MAX_STATE_SIZE)]
+    offset: Annotated[int, Field(ge=0, lt=MAX_STATE_SIZE)]
+    data: Annotated[bytes, Field(min_length=1)]
     replica: ReplicaId
 
 
