@@ -4,6 +4,8 @@ has caught up; the real peer's record log round-trips the records."""
 
 from __future__ import annotations
 
+from conftest import Genesis, make_genesis
+
 from bftdeliberate import kv
 from bftdeliberate.kv import KeyValueStore
 from bftdeliberate.pbft.batch import batch_digest
@@ -19,8 +21,6 @@ from bftdeliberate.pbft.replica import Replica
 from bftdeliberate.storage import RecordLog
 from bftdeliberate.wire.messages import Commit, Prepare, PrePrepare, Request
 from simulator.world import World
-
-from conftest import Genesis, make_genesis
 
 NOW = 100.0
 CONFIG = ReplicaConfig(checkpoint_interval=4, log_window=8, batch_size=1)

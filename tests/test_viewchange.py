@@ -4,6 +4,7 @@ replica's handling of VIEW-CHANGE / NEW-VIEW messages (good, forged and malforme
 from __future__ import annotations
 
 import pytest
+from conftest import Genesis, make_genesis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,8 +29,6 @@ from bftdeliberate.wire.messages import (
     ViewChange,
     encode_envelope,
 )
-
-from conftest import Genesis, make_genesis
 
 K, L = 8, 16  # checkpoint interval and log window of these tests
 CONFIG = ReplicaConfig(checkpoint_interval=K, log_window=L)

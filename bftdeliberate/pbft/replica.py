@@ -60,7 +60,6 @@ from bftdeliberate.pbft.viewchange import (
     InvalidCertificate,
     NewViewPlan,
     PreparedProof,
-    check_checkpoint_proof,
     check_new_view,
     check_view_change,
     plan_new_view,
