@@ -106,8 +106,8 @@ def run(scenario_name: str = DEFAULT_SCENARIO, n: int = DEFAULT_N,
         "notes": "seed_runs_per_min counts runs finished inside the measuring window (first "
                  "worker start to last worker end) on `jobs` processes; sim_events_per_s is "
                  "events simulated per wall second over all jobs; completed_fraction is the "
-                 "share of runs whose workload finished (chaos does not expect liveness until "
-                 "view change and state transfer exist)",
+                 "share of runs whose workload finished (chaos expects it: view change, "
+                 "state transfer and recovery carry the runs after GST)",
     }
 
 
