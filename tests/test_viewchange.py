@@ -27,6 +27,7 @@ from bftdeliberate.wire.messages import (
     PrePrepare,
     Request,
     ViewChange,
+    decode_envelope,
     encode_envelope,
 )
 
@@ -340,3 +341,58 @@ def test_a_bad_new_view_convicts_its_primary_and_moves_on_to_the_next_view():
     assert backup.view == 2 and not backup.view_active
     sent = [e.message.message for e in effects if isinstance(e, Broadcast)]
     assert [(m.type, m.view) for m in sent] == [("view-change", 2)]
+
+
+# ------------------------------------------------------------ in the simulated world
+
+
+def world_run(world, requests: int = 30) -> bool:
+    operations = (kv.put(f"key-{i % 5}", bytes([i])) for i in range(requests))
+    return world.run_workload(operations, max_time=120.0)
+
+
+def test_timeouts_double_per_consecutive_view_change_and_reset_after_progress():
+    from simulator.byzantine import BehaviourSpec, make_byzantine
+    from simulator.world import World
+
+    world = World(10, seed=2, clients=2)  # f = 3: the primaries of views 0, 1, 2 are silent
+    for member in (0, 1, 2):
+        make_byzantine(world, member, [BehaviourSpec("silent", {}, 0.0)])
+    sent: dict[int, float] = {}
+
+    def note(sender, to, data, kind):  # noqa: ANN001, ANN202
+        if sender == 5 and kind == "view-change":
+            sent.setdefault(decode_envelope(data).message.view, world.now)
+        return data
+
+    world.link_filters.append(note)
+    assert world_run(world)
+    timeout = world.config.view_change_timeout
+    assert sorted(sent) == [1, 2, 3]
+    # View 1's NEW-VIEW never comes: T later view 2; its primary is silent too: 2T later.
+    assert sent[2] - sent[1] == pytest.approx(timeout, abs=0.1)
+    assert sent[3] - sent[2] == pytest.approx(2 * timeout, abs=0.1)
+    honest = [world.replicas[m] for m in world.honest]
+    assert {r.view for r in honest} == {3} and all(r.view_active for r in honest)
+    assert all(r._view_timeout == timeout for r in honest)  # progress reset it
+    world.oracles.final_checks()
+    assert world.violations == []
+
+
+@pytest.mark.parametrize("direction", ["cannot-receive", "cannot-send"])
+def test_a_half_connected_member_drags_nobody_into_a_view_change(direction):
+    from simulator.world import World
+
+    world = World(4, seed=4, clients=2)
+    everyone = [0, 1, 2, "client-0", "client-1"]
+    if direction == "cannot-receive":
+        world.network.one_way(everyone, [3])
+    else:
+        world.network.one_way([3], everyone)
+    assert world_run(world, 40)
+    cut_off = world.replicas[3]
+    assert (cut_off.last_executed == 0) == (direction == "cannot-receive")
+    assert [world.replicas[m].view for m in (0, 1, 2)] == [0, 0, 0]
+    assert all(world.replicas[m].stats.view_changes == 0 for m in (0, 1, 2))
+    world.oracles.final_checks()
+    assert world.violations == []
