@@ -465,14 +465,23 @@ def cmd_sim_sweep(args: argparse.Namespace, console: Console) -> int:
                           f"(known: all, {', '.join(known)}, or a spec file)")
     scenarios = [load_file(name) if file else load_builtin(name)
                  for name, file in zip(names, is_file)]
+    skipped: list[tuple[str, int, str]] = []
+    skip: set[tuple[int, int]] = set()
     if args.n is not None:  # validate every override before spending minutes on runs
-        for scenario in scenarios:
+        for index, scenario in enumerate(scenarios):
             for n in args.n:
-                scenario.with_overrides(n=n)
+                try:
+                    scenario.with_overrides(n=n)
+                except ConfigError as exc:
+                    # E.g. two faulty members need n >= 7: that size is not this scenario's.
+                    skipped.append((scenario.name, n, str(exc)))
+                    skip.add((index, n))
+        if len(skip) == len(scenarios) * len(args.n):
+            raise ConfigError(f"--n: no scenario is defined at these sizes: {skipped[0][2]}")
     seeds = args.seed_range if args.seed_range is not None else range(
         args.seeds if args.seeds is not None else DEFAULT_SWEEP_SEEDS)
     jobs = args.jobs or default_jobs()
-    total = len(scenarios) * len(args.n or [None]) * len(seeds)
+    total = (len(scenarios) * len(args.n or [None]) - len(skip)) * len(seeds)
     show_progress = console.is_terminal and not args.json
     progress = Progress(TextColumn("sweep"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[failed]} missed"), TimeElapsedColumn(),
@@ -485,11 +494,16 @@ def cmd_sim_sweep(args: argparse.Namespace, console: Console) -> int:
             missed[0] += not run["ok"]
             progress.update(task, advance=1, failed=missed[0])
 
-        report = sweep(scenarios, args.n, seeds, jobs=jobs, on_result=advance)
+        report = sweep(scenarios, args.n, seeds, jobs=jobs, on_result=advance,
+                       skip=frozenset(skip))
     code = EXIT_OK if report.ok else EXIT_FAILED
     if args.json:
-        print(json.dumps(report.as_dict(), indent=2))
+        print(json.dumps({**report.as_dict(), "skipped": [
+            {"scenario": name, "n": n, "reason": why} for name, n, why in skipped]}, indent=2))
         return code
+    for name, n, why in skipped:
+        console.print(f"skipped {name} at n={n}: {why.split(': ', 1)[-1]}", markup=False,
+                      highlight=False, soft_wrap=True)
     table = Table(title=f"bftd sim sweep: {len(scenarios)} scenarios x "
                         f"{len(args.n or ['own n'])} sizes x {len(seeds)} seeds")
     # unsafe = safety violated, stalled = liveness failed, done = workload completed.

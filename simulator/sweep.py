@@ -129,11 +129,14 @@ def run_task(task: SweepTask) -> tuple[int, dict[str, Any]]:
 
 
 def make_tasks(scenarios: list[Scenario], ns: list[int] | None,
-               seeds: Iterable[int]) -> list[SweepTask]:
+               seeds: Iterable[int],
+               skip: frozenset[tuple[int, int]] = frozenset()) -> list[SweepTask]:
     seeds = list(seeds)
     tasks: list[SweepTask] = []
     for scenario_index, _ in enumerate(scenarios):
         for n in ns or [None]:  # type: ignore[list-item]
+            if (scenario_index, n) in skip:
+                continue
             for seed in seeds:
                 tasks.append(SweepTask(len(tasks), scenario_index, n, seed))
     return tasks
@@ -153,9 +156,11 @@ def sweep(
     *,
     jobs: int = 1,
     on_result: Callable[[dict[str, Any]], None] | None = None,
+    skip: frozenset[tuple[int, int]] = frozenset(),
 ) -> SweepReport:
-    """Run every scenario at every n (None: the scenario's own) for every seed."""
-    tasks = make_tasks(scenarios, ns, seeds)
+    """Run every scenario at every n (None: the scenario's own) for every seed, except the
+    (scenario index, n) pairs in ``skip`` (sizes a scenario is not defined for)."""
+    tasks = make_tasks(scenarios, ns, seeds, skip)
     jobs = max(1, min(jobs, len(tasks) or 1))
     results: list[dict[str, Any] | None] = [None] * len(tasks)
     started = time.perf_counter()

@@ -127,6 +127,20 @@ def test_sim_sweep_small_passes_and_summarises(capsys):
         ("baseline", 3), ("partition-minority", 3)]
 
 
+def test_sim_sweep_skips_sizes_a_scenario_is_not_defined_for(capsys):
+    # silent-primary silences two members: it needs n >= 7.
+    code, out, _ = run(capsys, "sim", "sweep", "--scenarios", "silent-primary,baseline",
+                       "--n", "4,7", "--seeds", "1", "--jobs", "1", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert [(s["scenario"], s["n"]) for s in report["skipped"]] == [("silent-primary", 4)]
+    assert "2 Byzantine members at n=4" in report["skipped"][0]["reason"]
+    assert sorted((row["scenario"], row["n"]) for row in report["by_scenario"]) == [
+        ("baseline", 4), ("baseline", 7), ("silent-primary", 7)]
+    code, _, err = run(capsys, "sim", "sweep", "--scenarios", "silent-primary", "--n", "4")
+    assert code == 2 and "no scenario is defined at these sizes" in err
+
+
 def test_sim_sweep_reports_each_failure_with_its_repro_and_exits_1(capsys, tmp_path):
     wrong = spec_file(tmp_path, name="wrong", expect={"safety": True, "liveness": False})
     code, out, _ = run(capsys, "sim", "sweep", "--scenarios", f"baseline,{wrong}",
