@@ -38,8 +38,10 @@ fake-checkpoint             checkpoints with a wrong state digest
 flood                       every message ``rate`` times plus junk (optionally oversized) frames
 selective                   never sends to ``drop_to``
 slow                        delays everything it sends by ``delay_ms``
-fake-prepared-certificate   no-op until VIEW-CHANGE exists (view-change issue)
-malicious-new-view          no-op until NEW-VIEW exists (view-change issue)
+fake-prepared-certificate   with its VIEW-CHANGE, variants whose P set lies (hidden, too few,
+                            duplicated or forged prepares, another digest, a wrong primary)
+malicious-new-view          as a new view's primary: a NEW-VIEW that omits or replaces an O-set
+                            entry, or has too few or a duplicated VIEW-CHANGE
 ==========================  ============================================================
 
 Determinism: every random choice comes from ``world.rng(f"byzantine/{member}/{i}/{name}")``
@@ -61,19 +63,22 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from bftdeliberate import kv
-from bftdeliberate.errors import DecodeError
+from bftdeliberate.errors import DecodeError, LocalError
 from bftdeliberate.pbft.effects import Broadcast, Reply, Send
 from bftdeliberate.pbft.replica import batch_digest
+from bftdeliberate.pbft.viewchange import NULL_TIMESTAMP
 from bftdeliberate.wire.limits import MAX_MESSAGE_SIZE
 from bftdeliberate.wire.messages import (
     MAX_COUNTER,
     SIGNATURE_SIZE,
     Checkpoint,
     Commit,
+    NewView,
     Prepare,
     PrePrepare,
     Request,
     SignedMessage,
+    ViewChange,
     decode_envelope,
     encode_envelope,
     sign_message,
@@ -119,6 +124,12 @@ MAX_EVERY = 1_000_000
 STAGE_CRAFT, STAGE_AMPLIFY, STAGE_ROUTE, STAGE_DELAY, STAGE_DROP = range(5)
 #: Twin-to-twin deliveries remembered (which instance sent which bytes to which twin).
 MAX_TWIN_ROUTES_REMEMBERED = 65_536
+#: Views whose lying VIEW-CHANGEs / tampered NEW-VIEW are kept for re-sends (each can be
+#: large: a P set of up to a window of certificates).
+MAX_FAKE_VIEW_CHANGES_REMEMBERED = 2
+MAX_TAMPERED_NEW_VIEWS_REMEMBERED = 4
+#: Valid view-changes held back behind the invalid ones at most (retransmissions add more).
+MAX_HELD_VIEW_CHANGES = 64
 
 # ------------------------------------------------------------------ parameters
 
@@ -393,13 +404,7 @@ class Equivocate(Behaviour):
         if self.p["mode"] == "seq":
             seq = proposal.seq + self.p["shift"]
             return self.host.sign(_rebuild(proposal, seq=seq)) if seq <= MAX_COUNTER else None
-        batch, timestamp = proposal.batch, proposal.timestamp
-        if len(batch) >= 2:
-            batch = tuple(reversed(batch))
-        elif batch:
-            batch = ()
-        else:
-            timestamp = min(timestamp + 1, MAX_COUNTER)
+        batch, timestamp = _other_batch(proposal.batch, proposal.timestamp)
         return self.host.sign(_rebuild(proposal, batch=batch, timestamp=timestamp,
                                        digest=batch_digest(timestamp, batch)))
 
@@ -843,20 +848,261 @@ class Slow(Behaviour):
         return out
 
 
+#: The lies a ``fake-prepared-certificate`` VIEW-CHANGE tells (see the class).
+VIEW_CHANGE_VARIANTS = ("hide", "few-prepares", "duplicate-prepare", "forged-prepare",
+                        "other-digest", "wrong-primary")
+
+
 class FakePreparedCertificate(Behaviour):
-    """NO-OP FOR NOW: a VIEW-CHANGE carrying a fake or insufficient prepared certificate (B10)
-    needs VIEW-CHANGE messages, which do not exist yet. The name is registered so specs
-    validate; the view-change issue fills this in. Does nothing and counts nothing."""
+    """With every VIEW-CHANGE it sends, lying copies re-signed with its own key: an empty P
+    set, or a prepared certificate with too few, duplicated or forged prepares, another
+    digest, or a pre-prepare not from the primary (B10).
+
+    Each of ``variants`` is a whole VIEW-CHANGE (sent again with each retransmission) whose P
+    set lies about one certificate (the one at the lowest seq, most likely committed):
+
+    * ``hide`` -- an empty P set hiding what it prepared (*valid*: honest members cannot tell;
+      another honest member in any 2f+1 reports each committed request, so O keeps it);
+    * ``few-prepares`` -- the certificate cut to 2f-1 prepares;
+    * ``duplicate-prepare`` -- one prepare twice;
+    * ``forged-prepare`` -- another backup's prepare re-signed with its own key;
+    * ``other-digest`` -- another batch (with its correct digest) claimed at that seq in the
+      view just below the new one (it would win O), the pre-prepare and prepares re-signed
+      with its own key;
+    * ``wrong-primary`` -- the pre-prepare naming (and signed by) a member that is not that
+      view's primary.
+
+    The invalid variants leave at once; the valid ones (``hide``, then the genuine VIEW-CHANGE
+    if ``keep_honest``) ``valid_after_ms`` later each, so honest members check the invalid ones
+    first and refuse each as a whole (``Evidence`` ``bad-view-change``) -- once a valid one from
+    this member is in, the others are a conflicting pair instead. With nothing prepared above
+    the checkpoint only ``hide`` has nothing to hide and the certificate variants have nothing
+    to tamper with (counted as ``nothing-prepared``). ``keep_honest: false`` without ``hide``
+    leaves the member with no valid VIEW-CHANGE at all."""
 
     name = "fake-prepared-certificate"
+    PARAMS: ClassVar[dict[str, Param]] = {
+        "variants": Param(list(VIEW_CHANGE_VARIANTS), "subset", choices=VIEW_CHANGE_VARIANTS,
+                          doc="the lying view-changes it sends"),
+        "keep_honest": Param(True, "bool", doc="also send the genuine view-change, last"),
+        "valid_after_ms": Param(30.0, "number", 0.0, MAX_INTERVAL_MS,
+                                doc="delay between the invalid and each valid view-change"),
+    }
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        # view -> (genuine raw, invalid variants, valid variants) for retransmissions.
+        self._variants: OrderedDict[int, tuple[bytes, list[SignedMessage], list[SignedMessage]]] = (
+            OrderedDict())
+        # Valid view-changes waiting for their time: (local due time, effect).
+        self._held: deque[tuple[float, Any]] = deque()
+        # Effects a tick releases (ids, only for the _send call right after the tick).
+        self._released: set[int] = set()
+
+    def outgoing(self, effects: list[Any], now: float) -> list[Any]:
+        out: list[Any] = []
+        for effect in effects:
+            if id(effect) in self._released:
+                out.append(effect)
+                continue
+            signed = self.own(effect, ViewChange)
+            if signed is None:
+                out.append(effect)
+                continue
+            _, invalid, valid = self._variants_of(signed)
+            out.extend(_same_route(effect, lie) for lie in invalid)
+            held = [_same_route(effect, lie) for lie in valid]
+            if self.p["keep_honest"]:
+                held.append(effect)
+            if self.p["valid_after_ms"] == 0.0 or (not invalid and not valid):
+                out.extend(held)
+                continue
+            due = now
+            for message in held:
+                due += self.p["valid_after_ms"] / 1000.0
+                if len(self._held) < MAX_HELD_VIEW_CHANGES:
+                    self._held.append((due, message))
+                else:
+                    self.counts["held-overflow"] += 1
+        self._released = set()
+        return out
+
+    def deadline(self) -> float | None:
+        return self._held[0][0] if self._held else None
+
+    def tick(self, now: float) -> list[Any]:
+        due = []
+        while self._held and self._held[0][0] <= now:
+            due.append(self._held.popleft()[1])
+        self._released = {id(effect) for effect in due}
+        return due
+
+    def _variants_of(self, signed: SignedMessage
+                     ) -> tuple[bytes, list[SignedMessage], list[SignedMessage]]:
+        change: ViewChange = signed.message  # type: ignore[assignment]
+        cached = self._variants.get(change.view)
+        if cached is not None and cached[0] == signed.raw:
+            return cached
+        invalid: list[SignedMessage] = []
+        valid: list[SignedMessage] = []
+        for variant in self.p["variants"]:
+            prepared = self._lie(variant, change)
+            if prepared is None:
+                self.counts["nothing-prepared"] += 1
+                continue
+            try:
+                lie = self.host.sign(_rebuild(change, prepared=prepared))
+            except (LocalError, ValueError):  # larger than one message: skip this lie
+                self.counts["too-large"] += 1
+                continue
+            (valid if variant == "hide" else invalid).append(lie)
+            self.counts[variant] += 1
+        entry = (signed.raw, invalid, valid)
+        self._variants[change.view] = entry
+        if len(self._variants) > MAX_FAKE_VIEW_CHANGES_REMEMBERED:
+            self._variants.popitem(last=False)
+        return entry
+
+    def _lie(self, variant: str, change: ViewChange) -> tuple[tuple[bytes, ...], ...] | None:
+        """The P set of one variant, or None if there is nothing to lie about."""
+        certificates = list(change.prepared)
+        if not certificates:
+            return None
+        if variant == "hide":
+            return ()
+        # The certificate at the lowest seq (the honest replica lists them in seq order).
+        pre_prepare_raw, *prepare_raws = certificates[0]
+        pre_prepare = decode_envelope(pre_prepare_raw)
+        proposal: PrePrepare = pre_prepare.message  # type: ignore[assignment]
+        prepares = [decode_envelope(raw) for raw in prepare_raws]
+        f = self.world.committee.f
+        if variant == "few-prepares":
+            forged = (pre_prepare_raw, *prepare_raws[: max(2 * f - 1, 0)])
+        elif variant == "duplicate-prepare":
+            forged = (pre_prepare_raw, *prepare_raws, prepare_raws[0])
+        elif variant == "forged-prepare":
+            victim = next((i for i, p in enumerate(prepares)
+                           if p.message.replica != self.member), None)  # type: ignore[union-attr]
+            if victim is None:
+                return None
+            copied = list(prepare_raws)
+            copied[victim] = self.host.sign(prepares[victim].message).raw
+            forged = (pre_prepare_raw, *copied)
+        elif variant == "other-digest":
+            view = max(proposal.view, change.view - 1)
+            batch, timestamp = _other_batch(proposal.batch, proposal.timestamp)
+            digest = batch_digest(timestamp, batch)
+            lying = _rebuild(proposal, view=view, replica=view % self.host.n, batch=batch,
+                             timestamp=timestamp, digest=digest)
+            forged = (self.host.sign(lying).raw,
+                      *(self.host.sign(_rebuild(p.message, view=view, digest=digest)).raw
+                        for p in prepares))
+        else:  # wrong-primary
+            primary = proposal.view % self.host.n
+            impostor = self.member if self.member != primary else (primary + 1) % self.host.n
+            forged = (self.host.sign(_rebuild(proposal, replica=impostor)).raw, *prepare_raws)
+        return (forged, *certificates[1:])
+
+
+def _other_batch(batch: tuple[bytes, ...], timestamp: int) -> tuple[tuple[bytes, ...], int]:
+    """Another batch for the same slot: reversed (2+ requests), emptied (1), re-timestamped
+    (none)."""
+    if len(batch) >= 2:
+        return tuple(reversed(batch)), timestamp
+    if batch:
+        return (), timestamp
+    return (), min(timestamp + 1, MAX_COUNTER)
+
+
+#: The ways a ``malicious-new-view`` NEW-VIEW is tampered with (see the class).
+NEW_VIEW_MODES = ("omit-entry", "replace-batch", "drop-view-change", "duplicate-view-change")
 
 
 class MaliciousNewView(Behaviour):
-    """NO-OP FOR NOW: a NEW-VIEW that omits or substitutes entries (B11) needs NEW-VIEW
-    messages, which do not exist yet. The name is registered so specs validate; the
-    view-change issue fills this in. Does nothing and counts nothing."""
+    """As the primary of a new view, a tampered NEW-VIEW re-signed with its own key instead of
+    the genuine one: an O-set entry omitted or replaced, too few or a duplicated VIEW-CHANGE
+    (B11).
+
+    Every NEW-VIEW it sends (and re-sends) is replaced, by one of ``modes`` drawn per view:
+
+    * ``omit-entry`` -- one O-set PRE-PREPARE left out;
+    * ``replace-batch`` -- one re-proposed batch replaced (a batch by a null request, a null
+      request by another, re-timestamped one), its PRE-PREPARE validly signed;
+    * ``drop-view-change`` -- only 2f of the VIEW-CHANGEs (fewer than 2f+1);
+    * ``duplicate-view-change`` -- one VIEW-CHANGE in place of another (one member twice).
+
+    With an empty O set, ``omit-entry`` and ``replace-batch`` add a null PRE-PREPARE above the
+    checkpoint instead (an O set that still differs from the recomputed one). Backups recompute
+    O and refuse it (``Evidence`` ``bad-new-view``), then move on to the next view; its inner
+    replica follows them there. ``modes: []`` sends the genuine NEW-VIEW."""
 
     name = "malicious-new-view"
+    PARAMS: ClassVar[dict[str, Param]] = {
+        "modes": Param(list(NEW_VIEW_MODES), "subset", choices=NEW_VIEW_MODES,
+                       doc="the tamperings it draws from (one per view)"),
+    }
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        # view -> (genuine raw, the tampered NEW-VIEW) so re-sends repeat the same one.
+        self._tampered: OrderedDict[int, tuple[bytes, SignedMessage]] = OrderedDict()
+
+    def outgoing(self, effects: list[Any], now: float) -> list[Any]:
+        out: list[Any] = []
+        for effect in effects:
+            signed = self.own(effect, NewView)
+            if signed is None or not self.p["modes"]:
+                out.append(effect)
+                continue
+            tampered = self._tamper(signed)
+            out.append(effect if tampered is None else _same_route(effect, tampered))
+        return out
+
+    def _tamper(self, signed: SignedMessage) -> SignedMessage | None:
+        new_view: NewView = signed.message  # type: ignore[assignment]
+        cached = self._tampered.get(new_view.view)
+        if cached is not None and cached[0] == signed.raw:
+            return cached[1]
+        mode = self.rng.choice(self.p["modes"])
+        changes = list(new_view.view_changes)
+        entries = list(new_view.pre_prepares)
+        quorum = 2 * self.world.committee.f + 1
+        if mode in ("omit-entry", "replace-batch") and not entries:
+            entries = [self._null_entry(new_view.view)]
+            mode = "added-entry"
+        elif mode == "omit-entry":
+            del entries[self.rng.randrange(len(entries))]
+        elif mode == "replace-batch":
+            at = self.rng.randrange(len(entries))
+            proposal: PrePrepare = decode_envelope(entries[at]).message  # type: ignore[assignment]
+            if proposal.batch:
+                batch, timestamp = (), NULL_TIMESTAMP
+            else:
+                batch, timestamp = (), min(proposal.timestamp + 1, MAX_COUNTER)
+            entries[at] = self.host.sign(_rebuild(
+                proposal, batch=batch, timestamp=timestamp,
+                digest=batch_digest(timestamp, batch))).raw
+        elif mode == "drop-view-change":
+            changes = changes[: quorum - 1]
+        else:  # duplicate-view-change (a NEW-VIEW holds 2f+1 >= 3 of them)
+            changes[-1] = changes[0]
+        try:
+            tampered = self.host.sign(_rebuild(new_view, view_changes=tuple(changes),
+                                               pre_prepares=tuple(entries)))
+        except (LocalError, ValueError):
+            self.counts["too-large"] += 1
+            return None
+        self.counts[mode] += 1
+        self._tampered[new_view.view] = (signed.raw, tampered)
+        if len(self._tampered) > MAX_TAMPERED_NEW_VIEWS_REMEMBERED:
+            self._tampered.popitem(last=False)
+        return tampered
+
+    def _null_entry(self, view: int) -> bytes:
+        seq = min(self.host.replica.low_watermark + 1, MAX_COUNTER)
+        return self.host.sign(PrePrepare(view=view, seq=seq, timestamp=NULL_TIMESTAMP,
+                                         replica=self.member, batch=(),
+                                         digest=batch_digest(NULL_TIMESTAMP, ()))).raw
 
 
 BEHAVIOURS: dict[str, type[Behaviour]] = {
