@@ -230,6 +230,8 @@ class Replica:
         # Request timer: client -> newest request timestamp this backup waits to see
         # executed (one entry per authorised client: bounded by the manifest).
         self._awaited: dict[str, int] = {}
+        # The awaited request itself (same bound): handed to the next primary on a view change.
+        self._awaited_requests: dict[str, SignedMessage] = {}
         # The request timer while the view is active, the new-view timer while changing.
         self._view_timer_at: float | None = None
         self._view_timeout = self.config.view_change_timeout
@@ -242,6 +244,10 @@ class Replica:
         # The NEW-VIEW that started the current view (re-sent to members still changing).
         self._new_view: SignedMessage | None = None
         self._early: deque[tuple[int, bytes]] = deque(maxlen=MAX_EARLY_MESSAGES)
+        # O-set slots at seqs this replica had executed before the view change: they must
+        # still commit in the new view (laggards need that certificate), so they stay
+        # pending for retransmission until they do.
+        self._recommitting: set[int] = set()
         # The view this replica was active in before its current view change (catch-up).
         self._left_view = 0
         # Highest view each member was seen in above ours; f+1 of them: we are behind.
@@ -458,7 +464,7 @@ class Replica:
             return self._drop("stale-request", request.client, str(request.timestamp), now)
         if not relayed and not self.is_primary:
             # The client is still waiting: so is this backup's request timer.
-            self._await(request.client, request.timestamp, now)
+            self._await(signed, now)
         key = (request.client, request.timestamp)
         if key in self._in_flight or key in self._queued:
             return self._drop("duplicate-request", request.client, str(request.timestamp), now)
@@ -560,9 +566,8 @@ class Replica:
             return self._drop("conflicts-own-vote", sender, str(message.seq), now)
         slot.pre_prepare, slot.digest, slot.requests = signed, message.digest, requests
         for request in requests:
-            client, timestamp = request.message.client, request.message.timestamp  # type: ignore[union-attr]
-            self._in_flight.add((client, timestamp))
-            self._await(client, timestamp, now)
+            self._in_flight.add((request.message.client, request.message.timestamp))  # type: ignore[union-attr]
+            self._await(request, now)
         return self._send_prepare(slot, message.seq, now)
 
     def _send_prepare(self, slot: _Slot, seq: int, now: float) -> list[Effect]:
@@ -654,6 +659,7 @@ class Replica:
         if slot.prepared and not slot.committed:
             if self._matching(slot.commits, slot.digest) >= 2 * self._f + 1:
                 slot.committed = True
+                self._recommitting.discard(seq)
                 effects += self._execute_ready(now)
         return effects
 
@@ -817,16 +823,19 @@ class Replica:
             del self._checkpoint_votes[old]
         for old in [s for s in self._prepared_certs if s <= seq]:
             del self._prepared_certs[old]
+        self._recommitting = {s for s in self._recommitting if s > seq}
 
     # ------------------------------------------------------------ view change
 
-    def _await(self, client: str, timestamp: int, now: float) -> None:
+    def _await(self, request: SignedMessage, now: float) -> None:
         """A backup learned of a request: start the request timer unless it runs."""
+        client, timestamp = request.message.client, request.message.timestamp  # type: ignore[union-attr]
         record = self._clients.get(client)
         if record is not None and record.timestamp >= timestamp:
             return
         if self._awaited.get(client, -1) < timestamp:
             self._awaited[client] = timestamp
+            self._awaited_requests[client] = request
         if self._view_timer_at is None and self.view_active and not self.is_primary:
             self._view_timer_at = now + self._view_timeout
 
@@ -838,6 +847,8 @@ class Replica:
         if self._awaited:
             self._awaited = {client: ts for client, ts in self._awaited.items()
                              if client not in clients or clients[client].timestamp < ts}
+            self._awaited_requests = {client: self._awaited_requests[client]
+                                      for client in self._awaited}
         waiting = self._awaited and self.view_active and not self.is_primary
         self._view_timer_at = now + self._view_timeout if waiting else None
 
@@ -1035,6 +1046,7 @@ class Replica:
                 self._ahead_certain = max(self._ahead_certain, plan.min_s)
         old_log, old_queue = self._log, list(self._queue)
         self._log, self._in_flight = {}, set()
+        self._recommitting = set()
         self._queue.clear()
         self._queued.clear()
         self._queued_per_client.clear()
@@ -1043,11 +1055,12 @@ class Replica:
                 continue
             slot = self._slot(seq)
             slot.pre_prepare, slot.digest, slot.requests = pre_prepare, pre_prepare.message.digest, batch  # type: ignore[union-attr]
-            if seq > self.last_executed:
+            if seq <= self.last_executed:
+                self._recommitting.add(seq)
+            else:
                 for request in batch:
-                    client, timestamp = request.message.client, request.message.timestamp  # type: ignore[union-attr]
-                    self._in_flight.add((client, timestamp))
-                    self._await(client, timestamp, now)
+                    self._in_flight.add((request.message.client, request.message.timestamp))  # type: ignore[union-attr]
+                    self._await(request, now)
             if not self.is_primary:
                 effects += self._send_prepare(slot, seq, now)
         if self.is_primary:
@@ -1056,9 +1069,17 @@ class Replica:
                 p.message.timestamp for p in pre_prepares])  # type: ignore[union-attr]
             # Requests this replica knew of that the new view did not re-propose.
             leftovers = [r for slot in old_log.values() for r in slot.requests] + old_queue
-            for request in leftovers:
+            for request in leftovers + list(self._awaited_requests.values()):
                 effects += self._requeue(request, now)
             effects += self._propose_ready(now, flush=False)
+        else:
+            # Hand what we still wait for to the new primary now, not at the clients' next
+            # retransmission (which may come after our request timer: another view change).
+            for client, request in self._awaited_requests.items():
+                key = (client, request.message.timestamp)  # type: ignore[union-attr]
+                if key not in self._in_flight:
+                    self._relayed[client] = key[1]
+                    effects.append(Send(self.primary, request))
         waiting = self._awaited and not self.is_primary
         self._view_timer_at = now + self._view_timeout if waiting else None
         self._progressed(now)
@@ -1186,6 +1207,7 @@ class Replica:
             bool(self._queue)
             or not self.view_active
             or self._highest_slot > self.last_executed
+            or bool(self._recommitting)
             or self._ahead_certain > self.last_executed
             or any(seq > self.low_watermark for seq in self._own_checkpoints)
             or (bool(self._views_ahead) and self._behind_in_view())
@@ -1207,7 +1229,8 @@ class Replica:
         if not self.view_active and self._own_view_change is not None:
             effects.append(Broadcast(self._own_view_change))
         pending = sorted(seq for seq, slot in self._log.items()
-                         if seq > self.last_executed and not slot.committed)
+                         if (seq > self.last_executed or seq in self._recommitting)
+                         and not slot.committed)
         for seq in pending[: self.config.max_retransmit_slots]:
             effects += [Broadcast(message) for message in self._own_messages(self._log[seq])]
         for seq, votes in sorted(self._checkpoint_votes.items()):
@@ -1393,8 +1416,14 @@ class Replica:
         self._awaited = {client: ts for client, ts in self._awaited.items()
                          if client not in clients or ts > clients[client].timestamp}
         self._next_seq = max(self._next_seq, seq + 1)
+        self._awaited_requests = {client: self._awaited_requests[client] for client in self._awaited}
         self.stats.state_transfers += 1
         effects = self._make_stable(seq, digest, proof, now)
+        if self.id not in {vote.message.replica for vote in proof}:  # type: ignore[union-attr]
+            # Our own vote for the state we now hold: members that executed this far but
+            # miss votes (f members may sign wrong digests) can make it stable too.
+            vote = self._sign(Checkpoint(seq=seq, state_digest=digest, replica=self.id))
+            effects += [Persist("checkpoint", vote), Broadcast(vote)]
         return effects + self._execute_ready(now)
 
     # ---------------------------------------------------------------- helpers
