@@ -60,6 +60,7 @@ from bftdeliberate.pbft.viewchange import (
     InvalidCertificate,
     NewViewPlan,
     PreparedProof,
+    check_checkpoint_proof,
     check_new_view,
     check_view_change,
     plan_new_view,
@@ -1321,23 +1322,13 @@ class Replica:
 
     def _certified_digest(self, seq: int, proof: tuple[bytes, ...]) -> tuple[bytes, tuple[SignedMessage, ...]] | None:
         """The state digest 2f+1 distinct members signed CHECKPOINTs for at ``seq``."""
-        votes: dict[int, SignedMessage] = {}
-        for raw in proof:
-            try:
-                vote = decode_envelope(raw)
-            except DecodeError:
-                return None
-            message = vote.message
-            if not isinstance(message, Checkpoint) or message.seq != seq:
-                return None
-            if message.replica in votes or not self._verify(vote):
-                return None
-            votes[message.replica] = vote
-        tally = Counter(v.message.state_digest for v in votes.values())  # type: ignore[union-attr]
-        digest, count = tally.most_common(1)[0] if tally else (b"", 0)
-        if count < 2 * self._f + 1:
+        if seq == 0:
+            return None  # never transferred: every replica starts there
+        try:
+            return check_checkpoint_proof(seq, proof, n=self._n, f=self._f, verify=self._verify,
+                                          genesis_digest=self._genesis_digest)
+        except InvalidCertificate:
             return None
-        return digest, tuple(v for v in votes.values() if v.message.state_digest == digest)  # type: ignore[union-attr]
 
     def _on_state(self, signed: SignedMessage, message: State, now: float) -> list[Effect]:
         """Assemble a peer's checkpoint state chunk by chunk and adopt it if 2f+1 members
