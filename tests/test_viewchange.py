@@ -29,6 +29,7 @@ from bftdeliberate.wire.messages import (
     ViewChange,
     decode_envelope,
     encode_envelope,
+    sign_message,
 )
 
 K, L = 8, 16  # checkpoint interval and log window of these tests
@@ -394,5 +395,31 @@ def test_a_half_connected_member_drags_nobody_into_a_view_change(direction):
     assert (cut_off.last_executed == 0) == (direction == "cannot-receive")
     assert [world.replicas[m].view for m in (0, 1, 2)] == [0, 0, 0]
     assert all(world.replicas[m].stats.view_changes == 0 for m in (0, 1, 2))
+    world.oracles.final_checks()
+    assert world.violations == []
+
+
+def test_a_client_flooding_backups_cannot_force_a_view_change():
+    # More requests than the primary queues per client, sent to the backups only: they
+    # relay them, the primary drops the excess (client-queue-full). The backups wait for
+    # the client's oldest request, which does execute -- no request timer fires.
+    from simulator.world import World
+
+    config = ReplicaConfig(batch_delay=0.05, max_queued_per_client=1)
+    world = World(4, seed=6, clients=2, config=config)
+    key = world.client_keys["client-0"]
+    for timestamp in range(1, 11):
+        signed = sign_message(Request(client="client-0", timestamp=timestamp,
+                                      operation=kv.put("flood", bytes([timestamp]))),
+                              key, world.committee.digest)
+        for backup in (1, 2, 3):
+            world.inject(backup, "client-0", signed.raw)
+    operations = (kv.put(f"key-{i}", b"v") for i in range(20))
+    world.start_workload([])
+    world.submit("client-1", next(operations))
+    assert world.run(until=lambda: not world.clients["client-1"].busy, max_time=30.0)
+    world.run(max_time=world.now + 10.0)
+    assert world.replicas[0].stats.dropped["client-queue-full"] > 0
+    assert [r.view for r in world.replicas] == [0, 0, 0, 0]
     world.oracles.final_checks()
     assert world.violations == []

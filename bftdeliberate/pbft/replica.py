@@ -829,12 +829,17 @@ class Replica:
     # ------------------------------------------------------------ view change
 
     def _await(self, request: SignedMessage, now: float) -> None:
-        """A backup learned of a request: start the request timer unless it runs."""
+        """A backup learned of a request: start the request timer unless it runs.
+
+        It waits for each client's *oldest* unexecuted request (dropped once that or a newer
+        one executes): a client that sends backups more requests than the primary queues
+        (``max_queued_per_client``) must not make them wait for one the primary rightly
+        dropped -- that would let one client force view changes."""
         client, timestamp = request.message.client, request.message.timestamp  # type: ignore[union-attr]
         record = self._clients.get(client)
         if record is not None and record.timestamp >= timestamp:
             return
-        if self._awaited.get(client, -1) < timestamp:
+        if client not in self._awaited:
             self._awaited[client] = timestamp
             self._awaited_requests[client] = request
         if self._view_timer_at is None and self.view_active and not self.is_primary:
