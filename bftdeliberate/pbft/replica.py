@@ -206,6 +206,7 @@ class Replica:
         self._retransmit_at: float | None = None
         self._retransmit_backoff = self.config.retransmit_interval
         self._answered: dict[int, float] = {}
+        self._answered_recovery: dict[int, float] = {}
         self._highest_slot = 0
 
         # Checkpoints: votes per seq in the window, own digests and snapshots, stable proof.
@@ -253,9 +254,11 @@ class Replica:
         self._left_view = 0
         # Highest view each member was seen in above ours; f+1 of them: we are behind.
         self._views_ahead: dict[int, int] = {}
-        # Crash recovery: a replica that lost its disk signs no protocol vote until it has
-        # executed past this seq (None: not recovering; see ``amnesiac``).
+        # Crash recovery: a replica that lost its disk signs no protocol message until its
+        # stable checkpoint reaches this seq (None: not known yet; see ``lose_disk``), learned
+        # from the signed STATUS reports (member -> last executed) of n-f members.
         self._signing_resumes_after: int | None = None
+        self._recovery_reports: dict[int, int] = {}
         self.amnesiac = False
 
         self.stats = ReplicaStats()
@@ -351,11 +354,17 @@ class Replica:
                                    for r in slot.requests)
 
     def lose_disk(self) -> None:
-        """Start as a replica whose disk was lost: it cannot know what it signed before, so
-        it signs no protocol vote until it is a whole window past the first checkpoint it
-        sees certified (state transfer brings it up to date meanwhile)."""
+        """Start as a replica whose disk was lost: it cannot know what it signed before.
+
+        Everything it signed lay at most a window L above a checkpoint certified by 2f+1
+        members (its own stable one, or a NEW-VIEW's) -- so executed by f+1 honest members,
+        at least one of any n-f. It asks (STATUS with ``recovering``) until n-f members have
+        reported their last executed seq, fixes R = the highest report + L (a Byzantine
+        report can only raise it), and signs nothing but STATUS and CHECKPOINT until its
+        stable checkpoint reaches R. State transfer and execution go on meanwhile."""
         self.amnesiac = True
         self._signing_resumes_after = None
+        self._recovery_reports = {}
         self._retransmit_at = 0.0
 
     # ------------------------------------------------------------------ inputs
@@ -802,10 +811,6 @@ class Replica:
         self._collect_garbage(seq)
         for old in [s for s in self._own_checkpoints if s < seq]:
             del self._own_checkpoints[old]
-        if self._signing_resumes_after is None and self.amnesiac:
-            # The first certified checkpoint after losing the disk: this replica may have
-            # signed anything up to the window above it, never beyond.
-            self._signing_resumes_after = seq + self.config.log_window
         self._progressed(now)
         effects: list[Effect] = [CheckpointStable(seq, digest)]
         chunks = self._signed_state()
@@ -1174,15 +1179,25 @@ class Replica:
         return len(ahead) > self._f and sum(1 for v in ahead.values() if v > self.view) > self._f
 
     def _may_sign(self, seq: int | None = None) -> bool:
-        """False while a replica that lost its disk could contradict what it signed before:
-        until it executed past the window above its first certified checkpoint."""
+        """False while a replica that lost its disk could contradict what it signed before
+        (see ``lose_disk``)."""
         if not self.amnesiac:
             return True
         resume = self._signing_resumes_after
-        if resume is None or self.last_executed <= resume:
+        if resume is None or self.low_watermark < resume:
             return False
         self.amnesiac = False
         return True
+
+    def _note_recovery_report(self, signed: SignedMessage, message: Status) -> None:
+        """An amnesiac collects members' signed progress until n-f have reported."""
+        if message.replica in self._recovery_reports or not self._verify(signed):
+            return
+        self._recovery_reports[message.replica] = message.last_executed
+        if len(self._recovery_reports) >= self._n - self._f:
+            self._signing_resumes_after = (max(self._recovery_reports.values())
+                                           + self.config.log_window)
+            self._recovery_reports = {}
 
     def _answer_once(self, peer: int, answer: list[Effect], now: float) -> list[Effect]:
         last = self._answered.get(peer)
@@ -1246,9 +1261,11 @@ class Replica:
         return effects + [Broadcast(self._status())]
 
     def _status(self) -> SignedMessage:
+        recovering = self.amnesiac and self._signing_resumes_after is None
         return self._sign(Status(view=self.view, active=self.view_active,
                                  last_executed=self.last_executed,
-                                 low_watermark=self.low_watermark, replica=self.id))
+                                 low_watermark=self.low_watermark, recovering=recovering,
+                                 replica=self.id))
 
     def _own_messages(self, slot: _Slot) -> list[SignedMessage]:
         own = []
@@ -1261,6 +1278,17 @@ class Replica:
         """A stalled peer: send it this replica's own messages for the slots above what it
         executed -- also slots this replica has not executed itself: its PREPARE may be the
         one the peer lacks (at most one answer per peer per interval)."""
+        peer = message.replica
+        if self.amnesiac and self._signing_resumes_after is None:
+            self._note_recovery_report(signed, message)
+        if message.recovering and self._answered_recovery.get(peer, -1.0) + \
+                self.config.retransmit_interval <= now and self._verify(signed):
+            # A member that lost its disk asks where we are (once per interval each).
+            self._answered_recovery[peer] = now
+            return [Send(peer, self._status()), *self._on_status_progress(signed, message, now)]
+        return self._on_status_progress(signed, message, now)
+
+    def _on_status_progress(self, signed: SignedMessage, message: Status, now: float) -> list[Effect]:
         peer = message.replica
         view_behind = self.view_active and self._new_view is not None and (
             message.view < self.view or (message.view == self.view and not message.active))

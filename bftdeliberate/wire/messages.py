@@ -165,6 +165,8 @@ class Status(_Message):
     active: bool
     last_executed: Counter
     low_watermark: Counter
+    #: Sent by a member that lost its disk: peers answer with their own STATUS.
+    recovering: bool
     replica: ReplicaId
 
 
