@@ -423,3 +423,16 @@ def test_a_client_flooding_backups_cannot_force_a_view_change():
     assert [r.view for r in world.replicas] == [0, 0, 0, 0]
     world.oracles.final_checks()
     assert world.violations == []
+
+
+def test_a_primary_never_prepares_its_own_proposal_relayed_back_to_it():
+    # Members relay PRE-PREPAREs (STATUS answers forward committed proposals). A primary
+    # that gets its own back -- e.g. after a restart emptied the slot -- must not vote on it:
+    # a PREPARE from the primary invalidates every certificate it appears in.
+    g = make_genesis(4)
+    primary = g.replica(0, CONFIG)
+    proposal = g.sign(PrePrepare(view=0, seq=1, timestamp=int(NOW * 1000), replica=0,
+                                 batch=(request(g, 1).raw,),
+                                 digest=batch_digest(int(NOW * 1000), (request(g, 1).raw,))), 0)
+    assert primary.receive(2, proposal.raw, NOW) == []
+    assert primary.stats.dropped["from-self"] == 1

@@ -400,7 +400,8 @@ class Replica:
             # Only the primary's proposals may be relayed (STATUS answers forward them): the
             # signature, not the link, says who proposed.
             return self._drop("sender-mismatch", sender, f"{message.type} signed as {message.signer()}", now)
-        if sender == self.id:
+        if sender == self.id or message.signer() == self.id:
+            # Also our own proposal relayed back by a peer: a primary never prepares it.
             return self._drop("from-self", sender, message.type, now)
         if isinstance(message, PrePrepare):
             return self._on_pre_prepare(signed, message, now)
@@ -583,7 +584,9 @@ class Replica:
     def _send_prepare(self, slot: _Slot, seq: int, now: float) -> list[Effect]:
         effects: list[Effect] = []
         own = slot.prepares.get(self.id)
-        if own is not None:
+        if slot.view % self._n == self.id:
+            pass  # the primary's vote is its PRE-PREPARE: it never signs a PREPARE
+        elif own is not None:
             effects.append(Broadcast(own))  # already signed and persisted (recovery)
         elif self._may_sign(seq):
             prepare = self._sign(Prepare(view=self.view, seq=seq, digest=slot.digest, replica=self.id))
