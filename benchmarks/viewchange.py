@@ -49,6 +49,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks.core import parse_int_list
 from bftdeliberate import kv
 from bftdeliberate.errors import DecodeError
 from bftdeliberate.pbft.config import ReplicaConfig
@@ -342,12 +343,9 @@ def run(ns: list[int] | None = None, seeds: int = DEFAULT_SEEDS, *,
     }
 
 
-def parse_int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 4:
+def parse_committee_sizes(text: str) -> list[int]:
+    values = parse_int_list(text)
+    if min(values) < 4:
         raise argparse.ArgumentTypeError(f"expected committee sizes >= 4, got {text!r}")
     return values
 
@@ -355,7 +353,7 @@ def parse_int_list(text: str) -> list[int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.viewchange", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=parse_int_list, default=list(DEFAULT_NS))
+    parser.add_argument("--n", type=parse_committee_sizes, default=list(DEFAULT_NS))
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS)
     parser.add_argument("--fail-at-s", type=float, default=None,
                         help="crash the primary at this simulated time instead")

@@ -8,6 +8,7 @@ from bftdeliberate import kv
 from bftdeliberate.pbft.client import Client
 from bftdeliberate.pbft.config import ReplicaConfig
 from bftdeliberate.pbft.effects import Completed, Reply, Send
+from bftdeliberate.pbft.replica import Replica
 from bftdeliberate.wire import cbor
 from bftdeliberate.pbft.replies import sign_replies
 from bftdeliberate.crypto import get_backend
@@ -139,17 +140,24 @@ def test_replayed_old_messages_change_nothing():
     assert after == before
 
 
-def test_replica_cut_off_past_the_window_catches_up_by_state_transfer():
-    """Member 3 is partitioned away while the others move several checkpoints (and the log
-    window) past it; after the heal it cannot get the old slots any more, so a peer answers
-    its STATUS with the certified checkpoint state, and it rejoins with an equal digest."""
-    cluster = World(4, seed=21, clients=4, config=SMALL_LOG, network=STEADY)
+def cut_off_and_catch_up(cluster: World) -> Replica:
+    """Member 3 is partitioned away for 0.4 s while 300 requests run, then left to catch
+    up with member 0; returns it."""
     cluster.network.partition([[0, 1, 2], [3]])
     cluster.at(0.4, cluster.network.heal, "heal")
     assert cluster.run_workload(operations(300), max_time=60)
     lagging = cluster.replicas[3]
     cluster.run(until=lambda: lagging.last_executed == cluster.replicas[0].last_executed,
                 max_time=cluster.now + 30)
+    return lagging
+
+
+def test_replica_cut_off_past_the_window_catches_up_by_state_transfer():
+    """Member 3 is partitioned away while the others move several checkpoints (and the log
+    window) past it; after the heal it cannot get the old slots any more, so a peer answers
+    its STATUS with the certified checkpoint state, and it rejoins with an equal digest."""
+    cluster = World(4, seed=21, clients=4, config=SMALL_LOG, network=STEADY)
+    lagging = cut_off_and_catch_up(cluster)
     assert lagging.stats.state_transfers >= 1
     assert lagging.last_executed == cluster.replicas[0].last_executed
     assert len(set(cluster.state_digests())) == 1
@@ -191,12 +199,7 @@ def test_large_state_travels_in_chunks_and_a_lying_sender_cannot_poison_it():
     reordering = NetworkProfile(delay_ms=(0.5, 5.0), reorder=True)
     cluster = World(4, seed=23, clients=4, config=config, network=reordering)
     make_byzantine(cluster, 1, [BehaviourSpec("fake-checkpoint", {"keep_honest": True}, 0.0)])
-    cluster.network.partition([[0, 1, 2], [3]])
-    cluster.at(0.4, cluster.network.heal, "heal")
-    assert cluster.run_workload(operations(300), max_time=60)
-    lagging = cluster.replicas[3]
-    cluster.run(until=lambda: lagging.last_executed == cluster.replicas[0].last_executed,
-                max_time=cluster.now + 30)
+    lagging = cut_off_and_catch_up(cluster)
     assert lagging.stats.state_transfers >= 1
     assert len(cluster.replicas[0]._signed_state()) >= 5  # really chunked
     assert lagging.last_executed == cluster.replicas[0].last_executed

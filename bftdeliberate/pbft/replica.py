@@ -272,16 +272,15 @@ class Replica:
         input: the last stable checkpoint's state, its view, and every vote it signed above
         that checkpoint -- so it never signs a conflicting one. What it executed above the
         checkpoint is executed again as peers re-send the certificates (STATUS, at once)."""
-        state: SignedMessage | None = None
+        state: Persist | None = None
         new_view: SignedMessage | None = None
         view_change: SignedMessage | None = None
         votes: list[Persist] = []
-        records_list = list(records)
-        for record in records_list:
+        for record in records:
             message = record.message.message
             if record.kind == "state":
-                if state is None or message.seq > state.message.seq:  # type: ignore[union-attr]
-                    state = record.message
+                if state is None or message.seq > state.message.message.seq:  # type: ignore[union-attr]
+                    state = record
             elif record.kind == "new-view":
                 if new_view is None or message.view >= new_view.message.view:  # type: ignore[union-attr]
                     new_view = record.message
@@ -290,11 +289,9 @@ class Replica:
                     view_change = record.message
             elif record.kind in ("pre-prepare", "prepare", "commit"):
                 votes.append(record)
-        if state is not None:
-            for record in records_list:
-                if record.kind == "state" and record.message is state:
-                    for chunk in (record.message, *record.proof):
-                        self._on_state(chunk, chunk.message, now)  # type: ignore[arg-type]
+        if state is not None:  # its first chunk, the others ride along as its proof
+            for chunk in (state.message, *state.proof):
+                self._on_state(chunk, chunk.message, now)  # type: ignore[arg-type]
         views = [r.message.message.view for r in votes]  # type: ignore[union-attr]
         active_view = max([*views, new_view.message.view if new_view else 0])  # type: ignore[union-attr]
         self.view = active_view
@@ -1345,8 +1342,9 @@ class Replica:
             return ()
         cached = self._state_chunks
         if not cached or cached[0].message.seq != seq:  # type: ignore[union-attr]
-            blob = cbor.encode([own[1], cbor.decode(own[2], max_size=len(own[2]), max_depth=3)],
-                               max_depth=4)
+            # Canonical CBOR of [snapshot, reply table] from the table's stored encoding:
+            # a definite 2-array header, then the two encoded items.
+            blob = b"\x82" + cbor.encode(own[1]) + own[2]
             proof = tuple(v.raw for v in self.stable_proof)
             size = self.config.state_chunk_size
             cached = tuple(
