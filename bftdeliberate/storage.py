@@ -36,10 +36,24 @@ Recovery policy (decided here, checked on every :meth:`RecordLog.open`):
   makes it verify and bytes follow it. Garbage or zeros after a crash produce no such
   evidence (a chain link by chance is a 2^-256 event).
 
+Compaction (:meth:`RecordLog.rewrite`): the log's content is replaced atomically by a
+fresh log -- new random ``file_id``, new chain -- holding exactly the given payloads. It is
+written to ``<path>.compact`` in the same directory, fsynced, flocked, ``os.replace``-d over
+the path, and the directory is fsynced; only then does the object switch to the new file
+(and release the old one). A crash leaves either the old or the new log at the path, each
+complete and verifiable; a leftover ``<path>.compact`` is deleted by the next
+:meth:`RecordLog.open` (after it holds the lock, so never under a live writer). Because the
+inode behind the path changes, ``open`` re-checks after locking that the file it locked is
+still the one at the path (else it retries): a writer racing a rewrite cannot lock the
+replaced, unlinked file. :class:`ReplicaDisk` decides *when* to compact (at a new stable
+checkpoint's ``state`` record, see its docstring) and *what* to keep
+(:func:`~bftdeliberate.pbft.effects.needed_after_checkpoint`).
+
 Limits: payloads up to :data:`MAX_RECORD_SIZE`. Recovered and appended payloads are kept in
-memory (the log is expected to be compacted at checkpoints). A failed write or fsync poisons
-the log (no retry after a failed fsync -- the kernel may have dropped the dirty pages); it
-must be reopened, which re-verifies what actually reached the disk.
+memory (the log is compacted at checkpoints, so this is bounded by the log window). A failed
+write or fsync -- in :meth:`RecordLog.sync` or :meth:`RecordLog.rewrite` -- poisons the log
+(no retry after a failed fsync -- the kernel may have dropped the dirty pages); it must be
+reopened, which re-verifies what actually reached the disk.
 
 Pure stdlib, no threads, no trio. An advisory ``flock`` keeps a second process (or a second
 ``RecordLog`` in this one) from writing the same file.
@@ -51,10 +65,16 @@ import fcntl
 import hashlib
 import os
 import struct
-from collections.abc import Iterator
-from typing import Protocol, runtime_checkable
+from collections.abc import Iterable, Iterator
+from typing import Protocol, Self, runtime_checkable
 
-from bftdeliberate.errors import ConfigError, LocalError
+from bftdeliberate.errors import ConfigError, DecodeError, LocalError
+from bftdeliberate.pbft.effects import (
+    Persist,
+    decode_persist,
+    encode_persist,
+    needed_after_checkpoint,
+)
 
 #: First bytes of every record log file.
 MAGIC = b"BFTDRLOG"
@@ -73,6 +93,15 @@ RECORD_OVERHEAD = LENGTH_SIZE + HASH_SIZE
 #: BLAKE2b personalisation strings (domain separation of header and record hashes).
 HEADER_PERSON = b"bftd.rlog.head"
 RECORD_PERSON = b"bftd.rlog.rec"
+
+#: Suffix of the temp file a rewrite (compaction) builds next to the log before renaming it.
+COMPACT_SUFFIX = ".compact"
+#: How often ``open`` retries when the file it locked was replaced meanwhile by a concurrent
+#: rewrite (each retry means another writer is live, so the next attempt is refused anyway).
+OPEN_RETRIES = 3
+#: ReplicaDisk compacts only logs at least this big: below it, rewriting costs more (fsyncs,
+#: a rename) than the disk space it frees.
+COMPACTION_MIN_BYTES = 1024 * 1024
 
 _HEADER_FIXED = struct.Struct(">8sHH16s")
 #: Total header size: magic, version, flags, file id, header hash.
@@ -166,6 +195,29 @@ def _damage_in_middle(data: bytes, pos: int, prev: bytes) -> bool:
     return False
 
 
+def _new_header() -> bytes:
+    fixed = _HEADER_FIXED.pack(MAGIC, FORMAT_VERSION, 0, os.urandom(FILE_ID_SIZE))
+    return fixed + _header_hash(fixed)
+
+
+def _check_payload(payload: object) -> bytes:
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise LocalError(f"record payload must be bytes, not {type(payload).__name__}")
+    payload = bytes(payload)
+    if len(payload) > MAX_RECORD_SIZE:
+        raise LocalError(
+            f"record of {len(payload)} bytes exceeds MAX_RECORD_SIZE ({MAX_RECORD_SIZE})"
+        )
+    return payload
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
 def _fsync_dir(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | os.O_CLOEXEC)
     try:
@@ -193,6 +245,9 @@ class RecordLog:
         self._broken: str | None = None
         #: Bytes of torn or corrupt tail cut off when this log was opened (0 if clean).
         self.recovered_truncated_bytes = truncated
+        #: fsync calls made through this object (sync, rewrite's file and directory, and the
+        #: truncation of a torn tail on open).
+        self.fsyncs = 1 if truncated else 0
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -200,27 +255,46 @@ class RecordLog:
     def open(cls, path: str | os.PathLike[str]) -> RecordLog:
         """Open (creating with mode 0600 if missing) and verify the log at ``path``."""
         path = os.fspath(path)
-        if not os.path.exists(path):
-            cls._create(path)
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot open record log: {exc.strerror}") from None
-        try:
+        for _ in range(OPEN_RETRIES):
+            if not os.path.exists(path):
+                cls._create(path)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise ConfigError(f"{path}: record log is in use by another writer") from None
-            return cls._recover(path, fd)
-        except BaseException:
-            os.close(fd)
-            raise
+                fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+            except OSError as exc:
+                raise ConfigError(f"{path}: cannot open record log: {exc.strerror}") from None
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    raise ConfigError(
+                        f"{path}: record log is in use by another writer") from None
+                if not cls._still_at(path, fd):
+                    os.close(fd)  # a rewrite replaced the file between open and flock
+                    continue
+                try:
+                    os.unlink(path + COMPACT_SUFFIX)  # a crash during a rewrite left it
+                except FileNotFoundError:
+                    pass
+                return cls._recover(path, fd)
+            except BaseException:
+                os.close(fd)
+                raise
+        raise ConfigError(f"{path}: record log is in use by another writer (being rewritten)")
+
+    @staticmethod
+    def _still_at(path: str, fd: int) -> bool:
+        """Whether ``fd`` is still the file at ``path`` (not replaced by a rewrite)."""
+        try:
+            at_path = os.stat(path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (mine.st_dev, mine.st_ino) == (at_path.st_dev, at_path.st_ino)
 
     @staticmethod
     def _create(path: str) -> None:
         """Write a fresh header atomically: temp file, fsync, link into place, fsync dir."""
-        fixed = _HEADER_FIXED.pack(MAGIC, FORMAT_VERSION, 0, os.urandom(FILE_ID_SIZE))
-        header = fixed + _header_hash(fixed)
+        header = _new_header()
         tmp = f"{path}.tmp"
         try:
             os.unlink(tmp)  # a leftover of a crash during an earlier creation
@@ -292,13 +366,7 @@ class RecordLog:
     def append(self, payload: bytes) -> None:
         """Buffer one record; it is durable only after the next :meth:`sync`."""
         self._check_usable()
-        if not isinstance(payload, (bytes, bytearray, memoryview)):
-            raise LocalError(f"record payload must be bytes, not {type(payload).__name__}")
-        payload = bytes(payload)
-        if len(payload) > MAX_RECORD_SIZE:
-            raise LocalError(
-                f"record of {len(payload)} bytes exceeds MAX_RECORD_SIZE ({MAX_RECORD_SIZE})"
-            )
+        payload = _check_payload(payload)
         length_bytes = _LENGTH.pack(len(payload))
         digest = _chain(self._tail_hash, length_bytes, payload)
         self._pending += length_bytes
@@ -314,16 +382,75 @@ class RecordLog:
             return
         assert self._fd is not None
         try:
-            view = memoryview(bytes(self._pending))
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            _write_all(self._fd, bytes(self._pending))
             os.fsync(self._fd)
+            self.fsyncs += 1
         except OSError as exc:
             self._broken = f"write/fsync: {exc.strerror or exc}"
             raise LocalError(f"{self.path}: sync failed: {exc.strerror or exc}") from exc
         self._durable_size += len(self._pending)
         self._durable_count = len(self._payloads)
+        self._pending.clear()
+
+    def rewrite(self, payloads: Iterable[bytes]) -> None:
+        """Atomically replace the whole log (durable and buffered records) with exactly
+        ``payloads``, as a fresh log with a new ``file_id`` and chain (compaction; see the
+        module docstring). Durable when it returns; a failure poisons the log."""
+        self._check_usable()
+        assert self._fd is not None
+        items = [_check_payload(p) for p in payloads]
+        header = _new_header()
+        prev = header[_HEADER_FIXED.size :]
+        out = bytearray(header)
+        for payload in items:
+            length_bytes = _LENGTH.pack(len(payload))
+            prev = _chain(prev, length_bytes, payload)
+            out += length_bytes
+            out += payload
+            out += prev
+        tmp = self.path + COMPACT_SUFFIX
+        new_fd: int | None = None
+        replaced = False
+        try:
+            try:
+                os.unlink(tmp)  # a leftover of an earlier failed rewrite
+            except FileNotFoundError:
+                pass
+            new_fd = os.open(tmp, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL
+                             | os.O_CLOEXEC, 0o600)
+            # Lock before it appears at the path: there is never an unlocked log there.
+            fcntl.flock(new_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _write_all(new_fd, bytes(out))
+            os.fsync(new_fd)
+            self.fsyncs += 1
+            os.replace(tmp, self.path)
+            replaced = True
+            _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+            self.fsyncs += 1
+        except OSError as exc:
+            self._broken = f"rewrite: {exc.strerror or exc}"
+            if not replaced and new_fd is not None:
+                os.close(new_fd)
+                new_fd = None
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+            if new_fd is not None:  # the path holds the new file: hold its lock
+                self._adopt(new_fd, items, prev, len(out))
+            raise LocalError(f"{self.path}: rewrite failed: {exc.strerror or exc}") from exc
+        assert new_fd is not None
+        self._adopt(new_fd, items, prev, len(out))
+
+    def _adopt(self, fd: int, payloads: list[bytes], tail_hash: bytes, size: int) -> None:
+        """Switch to the rewritten file ``fd`` (already locked) and release the old one."""
+        old, self._fd = self._fd, fd
+        if old is not None:
+            os.close(old)
+        self._payloads = payloads
+        self._tail_hash = tail_hash
+        self._durable_size = size
+        self._durable_count = len(payloads)
         self._pending.clear()
 
     def close(self) -> None:
@@ -337,7 +464,7 @@ class RecordLog:
             fd, self._fd = self._fd, None
             os.close(fd)  # also releases the flock
 
-    def __enter__(self) -> RecordLog:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -381,3 +508,137 @@ class RecordLog:
 
     def __repr__(self) -> str:
         return f"RecordLog({self.path!r}, count={self.count}, size={self.size})"
+
+
+class ReplicaDisk:
+    """The production storage of a replica's ``Persist`` effects over a :class:`RecordLog`
+    (the real counterpart of the simulator's ``SimDisk``).
+
+    The driver calls :meth:`append` for every ``Persist`` effect of a protocol step and
+    :meth:`sync` once, before it sends anything of that step; :meth:`records` feeds
+    ``Replica.restore`` after a restart.
+
+    Compaction policy: a ``state`` record marks a new stable checkpoint; at the next
+    :meth:`sync` the records :func:`~bftdeliberate.pbft.effects.needed_after_checkpoint`
+    rejects (slots at or below it, older states) are dropped by a
+    :meth:`RecordLog.rewrite` that keeps the others in order -- but only if the log is at
+    least ``compaction_min_bytes`` (:data:`COMPACTION_MIN_BYTES`) and the bytes dropped are
+    at least the bytes kept. That amortises the rewrite: every byte it writes is paid for by
+    a byte that was appended once and is dropped once, so compaction at most doubles the
+    write volume, while the file stays below about ``max(min, 2 x needed)`` plus one
+    checkpoint interval of growth. The decoded records are kept in memory (bounded by the
+    log window, like the payloads), so deciding never re-decodes the log.
+    """
+
+    def __init__(self, log: RecordLog, records: list[Persist], compaction_min_bytes: int) -> None:
+        self._log = log
+        self._records = records
+        #: Size of each record in the file (framing included), aligned with ``_records``.
+        self._sizes = [RECORD_OVERHEAD + len(p) for p in log.records()]
+        self._compaction_min_bytes = compaction_min_bytes
+        self._stable: int | None = None  # highest checkpoint whose state was appended
+        self._compaction_due = False
+        self.compactions = 0
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *,
+             compaction_min_bytes: int = COMPACTION_MIN_BYTES) -> ReplicaDisk:
+        """Open (creating if missing) and verify the log at ``path`` and decode its records.
+        A record that is not a ``Persist`` we wrote is a :class:`CorruptLogError`."""
+        log = RecordLog.open(path)
+        try:
+            records: list[Persist] = []
+            for index, payload in enumerate(log.records()):
+                try:
+                    record = decode_persist(payload)
+                except DecodeError as exc:
+                    raise CorruptLogError(
+                        f"{log.path}: record {index} is not a persisted protocol record ({exc})"
+                    ) from None
+                if record.message.type != record.kind:
+                    raise CorruptLogError(f"{log.path}: record {index} of kind {record.kind!r}"
+                                          f" holds a {record.message.type!r} message")
+                records.append(record)
+        except BaseException:
+            log.close()
+            raise
+        disk = cls(log, records, compaction_min_bytes)
+        disk._stable = max((r.message.message.seq for r in records  # type: ignore[union-attr]
+                            if r.kind == "state"), default=None)
+        return disk
+
+    @property
+    def path(self) -> str:
+        return self._log.path
+
+    def records(self) -> list[Persist]:
+        """Every record in append order (recovered, synced and buffered), for ``restore``."""
+        return list(self._records)
+
+    def append(self, record: Persist) -> None:
+        """Buffer one ``Persist``; durable after the next :meth:`sync`."""
+        payload = encode_persist(record)
+        self._log.append(payload)
+        self._records.append(record)
+        self._sizes.append(RECORD_OVERHEAD + len(payload))
+        if record.kind == "state":
+            seq = record.message.message.seq  # type: ignore[union-attr]
+            if self._stable is None or seq > self._stable:
+                self._stable = seq
+                self._compaction_due = True
+
+    def sync(self) -> None:
+        """One fsync for everything appended since the last sync; then compact if a new
+        stable checkpoint makes it worth it (see the class docstring)."""
+        self._log.sync()
+        if self._compaction_due:
+            self._compaction_due = False
+            self._maybe_compact()
+
+    def _maybe_compact(self) -> None:
+        stable = self._stable
+        assert stable is not None
+        size = self._log.size
+        if size < self._compaction_min_bytes:
+            return
+        keep = [needed_after_checkpoint(r, stable) for r in self._records]
+        dropped = sum(n for n, k in zip(self._sizes, keep) if not k)
+        if dropped < size - dropped:  # kept bytes (header included) would cost more
+            return
+        payloads = self._log.records()
+        self._log.rewrite(p for p, k in zip(payloads, keep) if k)
+        self._records = [r for r, k in zip(self._records, keep) if k]
+        self._sizes = [n for n, k in zip(self._sizes, keep) if k]
+        self.compactions += 1
+
+    def close(self) -> None:
+        """Sync what is buffered (unless the log failed) and release the file. Idempotent."""
+        self._log.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def fsyncs(self) -> int:
+        """fsync calls made so far (each sync with data, two per compaction)."""
+        return self._log.fsyncs
+
+    @property
+    def size_bytes(self) -> int:
+        """Log file size once buffered records are synced (header included)."""
+        return self._log.size
+
+    @property
+    def records_count(self) -> int:
+        return len(self._records)
+
+    @property
+    def closed(self) -> bool:
+        return self._log.closed
+
+    def __repr__(self) -> str:
+        return (f"ReplicaDisk({self.path!r}, records={self.records_count},"
+                f" size={self.size_bytes}, compactions={self.compactions})")

@@ -99,14 +99,10 @@ class SimDisk:
             self._compact(record.message.message.seq)  # type: ignore[union-attr]
 
     def _compact(self, stable: int) -> None:
-        def needed(record: Persist) -> bool:
-            message = record.message.message
-            if record.kind == "state":
-                return message.seq >= stable  # type: ignore[union-attr]
-            seq = getattr(message, "seq", None)
-            return seq is None or seq > stable
-        self.synced = [r for r in self.synced if needed(r)]
-        self.unsynced = [r for r in self.unsynced if needed(r)]
+        from bftdeliberate.pbft.effects import needed_after_checkpoint
+
+        self.synced = [r for r in self.synced if needed_after_checkpoint(r, stable)]
+        self.unsynced = [r for r in self.unsynced if needed_after_checkpoint(r, stable)]
 
     def sync(self) -> None:
         if self.unsynced:

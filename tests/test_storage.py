@@ -241,9 +241,8 @@ def test_limits_and_closed_log(tmp_path):
 
 def test_second_writer_is_refused(tmp_path):
     path = tmp_path / "log"
-    with RecordLog.open(path):
-        with pytest.raises(ConfigError, match="in use"):
-            RecordLog.open(path)
+    with RecordLog.open(path), pytest.raises(ConfigError, match="in use"):
+        RecordLog.open(path)
     RecordLog.open(path).close()  # the lock is released on close
 
 
@@ -313,3 +312,139 @@ def test_failed_fsync_poisons_the_log(tmp_path, monkeypatch):
     log.close()
     with RecordLog.open(path) as again:  # reopening verifies what reached the file
         assert again.records()[0] == b"a"
+
+
+def test_rewrite_keeps_exactly_the_given_payloads(tmp_path):
+    path = tmp_path / "log"
+    items = payloads(40)
+    log = RecordLog.open(path)
+    for p in items:
+        log.append(p)
+    log.sync()
+    log.append(b"buffered, superseded by the rewrite")
+    with open(path, "rb") as f:
+        old_header = f.read(HEADER_SIZE)
+    kept = items[25:] + [b""]
+    log.rewrite(iter(kept))
+    assert log.records() == kept and log.count == log.synced_count == len(kept)
+    assert log.size == log.synced_size == offsets(kept)[-1] == os.path.getsize(path)
+    with open(path, "rb") as f:
+        assert f.read(HEADER_SIZE) != old_header  # a fresh file id and chain
+    log.append(b"after")
+    log.close()
+    assert not (tmp_path / "log.compact").exists()
+    with RecordLog.open(path) as again:  # the new chain verifies end to end
+        assert again.records() == kept + [b"after"]
+        assert again.recovered_truncated_bytes == 0
+        again.rewrite([])
+    with RecordLog.open(path) as again:
+        assert again.records() == [] and os.path.getsize(path) == HEADER_SIZE
+
+
+def test_rewrite_holds_the_lock_on_the_new_file(tmp_path):
+    path = tmp_path / "log"
+    with RecordLog.open(path) as log:
+        log.append(b"a")
+        log.rewrite([b"b"])
+        with pytest.raises(ConfigError, match="in use"):
+            RecordLog.open(path)
+        log.append(b"c")
+    with RecordLog.open(path) as again:
+        assert again.records() == [b"b", b"c"]
+
+
+def test_leftover_compact_file_is_removed_on_open(tmp_path):
+    path = tmp_path / "log"
+    write_log(path, [b"a", b"b"])
+    leftover = tmp_path / "log.compact"
+    leftover.write_bytes(MAGIC + b"half a rewrite")
+    with RecordLog.open(path) as log:
+        assert log.records() == [b"a", b"b"]
+        assert not leftover.exists()
+        leftover.write_bytes(b"junk")  # a rewrite replaces whatever is there
+        log.rewrite([b"c"])
+    with RecordLog.open(path) as log:
+        assert log.records() == [b"c"]
+
+
+def test_rewrite_checks_payloads_before_touching_the_file(tmp_path):
+    path = tmp_path / "log"
+    write_log(path, [b"a"])
+    with RecordLog.open(path) as log:
+        with pytest.raises(LocalError, match="MAX_RECORD_SIZE"):
+            log.rewrite([b"ok", b"x" * (MAX_RECORD_SIZE + 1)])
+        assert log.records() == [b"a"]
+        log.append(b"b")  # misuse does not poison the log
+    with RecordLog.open(path) as log:
+        assert log.records() == [b"a", b"b"]
+
+
+def test_failed_rewrite_poisons_the_log_and_keeps_the_old_content(tmp_path, monkeypatch):
+    path = tmp_path / "log"
+    write_log(path, [b"a", b"b"])
+    log = RecordLog.open(path)
+
+    def failing_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(LocalError, match="rewrite failed"):
+        log.rewrite([b"c"])
+    monkeypatch.undo()
+    assert not (tmp_path / "log.compact").exists()
+    with pytest.raises(LocalError, match="reopen"):
+        log.append(b"d")
+    with pytest.raises(ConfigError, match="in use"):  # still locked until closed
+        RecordLog.open(path)
+    log.close()
+    with RecordLog.open(path) as again:
+        assert again.records() == [b"a", b"b"]
+
+
+def test_rewrite_failing_after_the_rename_holds_the_new_file(tmp_path, monkeypatch):
+    from bftdeliberate import storage
+
+    path = tmp_path / "log"
+    write_log(path, [b"a"])
+    log = RecordLog.open(path)
+
+    def failing_fsync_dir(directory):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(storage, "_fsync_dir", failing_fsync_dir)
+    with pytest.raises(LocalError, match="rewrite failed"):
+        log.rewrite([b"new"])
+    monkeypatch.undo()
+    with pytest.raises(LocalError, match="reopen"):
+        log.sync()
+    with pytest.raises(ConfigError, match="in use"):  # the lock is on the file at the path
+        RecordLog.open(path)
+    log.close()
+    with RecordLog.open(path) as again:
+        assert again.records() == [b"new"]
+
+
+def test_an_opener_racing_a_rewrite_never_locks_the_replaced_file(tmp_path, monkeypatch):
+    import fcntl
+
+    path = tmp_path / "log"
+    writer = RecordLog.open(path)
+    writer.append(b"a")
+    real_flock = fcntl.flock
+    raced: list[bool] = []
+
+    def flock_after_a_rewrite(fd, op):
+        if not raced:  # the opener holds the old file open; the writer replaces it now
+            raced.append(True)
+            writer.rewrite([b"b"])
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_rewrite)
+    with pytest.raises(ConfigError, match="in use"):
+        RecordLog.open(path)
+    monkeypatch.undo()
+    assert raced
+    writer.append(b"c")
+    writer.close()
+    with RecordLog.open(path) as again:
+        assert again.records() == [b"b", b"c"]

@@ -123,4 +123,16 @@ def decode_persist(payload: bytes) -> Persist:
                    tuple(decode_envelope(raw) for raw in fields["proof"]))
 
 
+def needed_after_checkpoint(record: Persist, stable_seq: int) -> bool:
+    """Whether ``record`` is still needed for recovery once the state of stable checkpoint
+    ``stable_seq`` is persisted: a ``state`` record iff it is that checkpoint's (or a newer
+    one's); any other record iff it is not about a slot at or below the checkpoint (records
+    without a ``seq`` -- ``view-change``, ``new-view`` -- are always kept)."""
+    message = record.message.message
+    if record.kind == "state":
+        return message.seq >= stable_seq  # type: ignore[union-attr]
+    seq = getattr(message, "seq", None)
+    return seq is None or seq > stable_seq
+
+
 Effect = Send | Broadcast | Reply | Persist | Execute | CheckpointStable | Evidence | Completed
