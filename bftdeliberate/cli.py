@@ -63,6 +63,39 @@ _positive = _int_at_least(1, "a positive integer")
 _seed = _int_at_least(0, "a seed >= 0")
 
 
+_non_negative = _int_at_least(0, "an integer >= 0")
+
+
+def _port(text: str) -> int:
+    value = _non_negative(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0..65535, got {value}")
+    return value
+
+
+def _member_id(text: str) -> int:
+    return _non_negative(text)
+
+
+def _tunable_arguments(parser: argparse.ArgumentParser) -> None:
+    """Protocol settings; every member of a committee must run with the same values."""
+    parser.add_argument("--checkpoint-interval", type=_positive, default=None, metavar="K",
+                        help="a checkpoint every K sequence numbers (default 64)")
+    parser.add_argument("--log-window", type=_positive, default=None, metavar="L",
+                        help="sequence numbers above the stable checkpoint (default 4K)")
+    parser.add_argument("--batch-size", type=_positive, default=None,
+                        help="requests per PRE-PREPARE (default 100)")
+    parser.add_argument("--view-change-timeout", type=_seconds, default=None, metavar="SECONDS",
+                        help="base view-change timeout T (default 1)")
+
+
+def _tunables(args: argparse.Namespace):
+    from bftdeliberate.node import Tunables
+
+    return Tunables(checkpoint_interval=args.checkpoint_interval, log_window=args.log_window,
+                    batch_size=args.batch_size, view_change_timeout=args.view_change_timeout)
+
+
 def _members(text: str) -> int:
     value = _positive(text)
     if value < 4:
@@ -108,6 +141,15 @@ EXAMPLES = {
                   "  bftd keys check --committee keys/committee.json --key keys/agent-0.key",
     "bench core": "examples:\n  bftd bench core --n 4 --batch 100 --json\n"
                   "  bftd bench core --n 4,7,10,13,16 --batch 1,10,100 --requests 2000",
+    "node run": "examples:\n  bftd node run --id 0 --committee keys/committee.json "
+                "--key keys/agent-0.key\n"
+                "  bftd node run --id 1 --committee keys/committee.json --key keys/agent-1.key "
+                "--data /var/lib/bftd-1 --metrics-port 9101",
+    "cluster up": "examples:\n  bftd cluster up --n 4\n"
+                  "  bftd cluster up --n 7 --dir /tmp/c7 --base-port 7100 --metrics-base-port 9100",
+    "client put": "examples:\n  bftd client put color blue --committee cluster/committee.json\n"
+                  "  bftd client put k v --committee keys/committee.json --key keys/client-1.key",
+    "client get": "examples:\n  bftd client get color --committee cluster/committee.json --json",
     "sim list": "examples:\n  bftd sim list\n  bftd sim list --json",
     "sim run": "examples:\n  bftd sim run --scenario baseline\n"
                "  bftd sim run --scenario chaos --n 7 --seed 42 --json\n"
@@ -122,6 +164,9 @@ EXAMPLES = {
     "bench viewchange": "examples:\n  bftd bench viewchange\n"
                         "  bftd bench viewchange --n 4,7 --seeds 3 --json\n"
                         "  bftd bench viewchange --n 10 --fail-at-s 2.5",
+    "bench throughput": "examples:\n  bftd bench throughput --n 4\n"
+                        "  bftd bench throughput --n 4 --clients 8,32,100 --duration 10 --json\n"
+                        "  bftd bench throughput --clients 100 --batch-size 200 --keep",
 }
 
 
@@ -161,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--clients", type=int, default=1, help="authorised clients (default 1)")
     init.add_argument("--committee-id", default=None, help="committee id (default random)")
     init.add_argument("--host", default="127.0.0.1", help="members' host (default 127.0.0.1)")
-    init.add_argument("--base-port", type=int, default=7000, help="member i listens on base+i")
+    init.add_argument("--base-port", type=_port, default=7000, help="member i listens on base+i")
+    init.add_argument("--force", action="store_true",
+                      help="replace existing key files and committee.json in --dir")
     init.set_defaults(handler=cmd_keys_init)
     check = _command(keys, "check", "validate a committee manifest (and key files)",
                      EXAMPLES["keys check"])
@@ -170,6 +217,58 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a private key file that must belong to the committee (repeatable)")
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
     check.set_defaults(handler=cmd_keys_check)
+
+    node = _group(_command(commands, "node", "run one committee member"), "node_command",
+                  "ACTION")
+    node_run = _command(node, "run", "run member --id until Ctrl-C / SIGTERM",
+                        EXAMPLES["node run"])
+    node_run.add_argument("--id", type=_member_id, required=True, help="member id")
+    node_run.add_argument("--committee", type=Path, required=True, help="committee.json")
+    node_run.add_argument("--key", type=Path, required=True, help="this member's key file")
+    node_run.add_argument("--data", type=Path, default=None,
+                          help="data directory (default data-ID beside the committee file)")
+    node_run.add_argument("--metrics-port", type=_port, default=None,
+                          help="serve Prometheus metrics on 127.0.0.1:PORT (0: any free port)")
+    node_run.add_argument("--listen", default=None, metavar="HOST:PORT",
+                          help="bind here instead of the member's committee address")
+    node_run.add_argument("--lost-disk", action="store_true",
+                          help="this member lost its data: sign nothing until caught up")
+    node_run.add_argument("--log-level", default="info",
+                          choices=["debug", "info", "warning", "error"])
+    _tunable_arguments(node_run)
+    node_run.set_defaults(handler=cmd_node_run)
+
+    cluster = _group(_command(commands, "cluster", "a local committee of node processes"),
+                     "cluster_command", "ACTION")
+    up = _command(cluster, "up", "start n local nodes on 127.0.0.1 until Ctrl-C",
+                  EXAMPLES["cluster up"])
+    up.add_argument("--n", type=_members, default=4, help="committee size (default 4)")
+    up.add_argument("--dir", type=Path, default=Path("cluster"),
+                    help="keystore and data (created with keys init if empty; default cluster)")
+    up.add_argument("--base-port", type=_port, default=7000,
+                    help="member i listens on base+i (new keystores only; default 7000)")
+    up.add_argument("--clients", type=_non_negative, default=1,
+                    help="client keys in a new keystore (default 1)")
+    up.add_argument("--metrics-base-port", type=_port, default=None,
+                    help="member i serves metrics on 127.0.0.1:base+i")
+    _tunable_arguments(up)
+    up.set_defaults(handler=cmd_cluster_up)
+
+    client = _group(_command(commands, "client", "the key-value application, as a client"),
+                    "client_command", "ACTION")
+    put = _command(client, "put", "store VALUE under KEY", EXAMPLES["client put"])
+    put.add_argument("key", metavar="KEY")
+    put.add_argument("value", metavar="VALUE")
+    get = _command(client, "get", "read KEY (an ordered read)", EXAMPLES["client get"])
+    get.add_argument("key", metavar="KEY")
+    for sub in (put, get):
+        sub.add_argument("--committee", type=Path, required=True, help="committee.json")
+        sub.add_argument("--key", dest="key_file", type=Path, default=None,
+                         help="client key file (default client-0.key beside the committee)")
+        sub.add_argument("--timeout", type=_seconds, default=10.0,
+                         help="seconds to wait for f+1 matching replies (default 10)")
+        sub.add_argument("--json", action="store_true", help="print the result as JSON")
+        sub.set_defaults(handler=cmd_client)
 
     bench = _group(_command(commands, "bench", "benchmarks (JSON with --json)"),
                    "bench_command", "KIND")
@@ -205,6 +304,26 @@ def build_parser() -> argparse.ArgumentParser:
                                "after it executes seq 72)")
     bench_vc.add_argument("--json", action="store_true", help="print the report as JSON")
     bench_vc.set_defaults(handler=cmd_bench_viewchange)
+    bench_tp = _command(bench, "throughput", "node processes on 127.0.0.1 driven by load-"
+                                             "generator processes: ops/s, latency, CPU",
+                        EXAMPLES["bench throughput"])
+    bench_tp.add_argument("--n", type=_members, default=4, help="committee size (default 4)")
+    bench_tp.add_argument("--clients", type=_int_list, default=[8, 32, 100],
+                          help="closed-loop client counts, one cluster each (default 8,32,100)")
+    bench_tp.add_argument("--duration", type=_seconds, default=10.0, metavar="SECONDS",
+                          help="measurement window per point (default 10)")
+    bench_tp.add_argument("--warmup", type=_seconds, default=2.0, metavar="SECONDS",
+                          help="load before the window, not measured (default 2)")
+    bench_tp.add_argument("--loadgens", type=_positive, default=2,
+                          help="load-generator processes sharing the clients (default 2)")
+    bench_tp.add_argument("--batch-size", type=_positive, default=None,
+                          help="the nodes' requests per PRE-PREPARE (default 100)")
+    bench_tp.add_argument("--profile", action="store_true",
+                          help="py-spy every node over the window (skipped if not installed)")
+    bench_tp.add_argument("--keep", action="store_true",
+                          help="keep the keystores, data and logs (kept anyway on failure)")
+    bench_tp.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench_tp.set_defaults(handler=cmd_bench_throughput)
 
     sim = _group(_command(commands, "sim", "deterministic simulation: scenarios, runs, sweeps"),
                  "sim_command", "ACTION")
@@ -294,13 +413,56 @@ def cmd_keys_init(args: argparse.Namespace, console: Console) -> int:
 
     if args.clients < 0:
         raise ConfigError(f"--clients must be >= 0, got {args.clients}")
+    if args.base_port + args.n - 1 > 65535:
+        raise ConfigError(f"--base-port {args.base_port}: members would listen above port 65535")
     committee = init_keystore(args.dir, args.n, clients=args.clients,
                               committee_id=args.committee_id, host=args.host,
-                              base_port=args.base_port)
+                              base_port=args.base_port, overwrite=args.force)
     console.print(f"wrote {committee.n} member keys, {len(committee.clients)} client keys and "
                   f"{args.dir / 'committee.json'} (committee {committee.committee_id}, "
                   f"digest {committee.digest.hex()[:16]}…)")
     return EXIT_OK
+
+
+def cmd_node_run(args: argparse.Namespace, console: Console) -> int:
+    from bftdeliberate.node import node_run
+
+    return node_run(member=args.id, committee_path=args.committee, key_path=args.key,
+                    data_dir=args.data, metrics_port=args.metrics_port, listen=args.listen,
+                    tunables=_tunables(args), lost_disk=args.lost_disk,
+                    log_level=args.log_level)
+
+
+def cmd_cluster_up(args: argparse.Namespace, console: Console) -> int:
+    from bftdeliberate.node import cluster_up
+
+    return cluster_up(n=args.n, directory=args.dir, base_port=args.base_port,
+                      metrics_base_port=args.metrics_base_port, tunables=_tunables(args),
+                      clients=args.clients,
+                      echo=lambda text: console.print(text, highlight=False, markup=False))
+
+
+def cmd_client(args: argparse.Namespace, console: Console) -> int:
+    from bftdeliberate.node import client_call
+
+    operation = args.client_command
+    value = args.value.encode("utf-8") if operation == "put" else None
+    outcome = client_call(operation=operation, key=args.key, value=value,
+                          committee_path=args.committee, key_path=args.key_file,
+                          timeout=args.timeout)
+    if args.json:
+        print(json.dumps(outcome))
+    elif not outcome["ok"]:
+        Console(stderr=True).print(f"bftd: {outcome['error']}", markup=False, highlight=False)
+    else:
+        result = outcome["result"]
+        if operation == "get" and isinstance(result, dict) and result.get("ok"):
+            found = result.get("value")
+            console.print("(not found)" if found is None else found, markup=False,
+                          highlight=False)
+        else:
+            console.print(json.dumps(result), markup=False, highlight=False)
+    return EXIT_OK if outcome["ok"] else EXIT_FAILED
 
 
 def cmd_keys_check(args: argparse.Namespace, console: Console) -> int:
@@ -636,6 +798,59 @@ def cmd_bench_viewchange(args: argparse.Namespace, console: Console) -> int:
     goal = "[green]met[/]" if report["meets_goal"] else "[red]NOT met[/]"
     console.print(f"goal: first commit in the new view within "
                   f"{report['results'][0]['goal_timeout_multiple']:g} × T in every run: {goal}")
+    return code
+
+
+def cmd_bench_throughput(args: argparse.Namespace, console: Console) -> int:
+    from benchmarks.throughput import run
+
+    command = (f"bftd bench throughput --n {args.n} --clients "
+               f"{','.join(map(str, args.clients))} --duration {args.duration:g} --warmup "
+               f"{args.warmup:g} --loadgens {args.loadgens}"
+               + (f" --batch-size {args.batch_size}" if args.batch_size is not None else "")
+               + (" --profile" if args.profile else "") + (" --json" if args.json else ""))
+    progress = Console(stderr=True)
+    echo = None if args.json else (
+        lambda text: progress.print(text, markup=False, highlight=False, soft_wrap=True))
+    report = run(args.n, args.clients, duration=args.duration, warmup=args.warmup,
+                 loadgens=args.loadgens, batch_size=args.batch_size, profile=args.profile,
+                 keep=args.keep, command=command, echo=echo)
+    code = EXIT_OK if report["ok"] else EXIT_FAILED
+    if report["failure"] is not None:
+        failure = report["failure"]
+        progress.print(f"bftd: bench throughput failed at {failure['clients']} clients: "
+                       f"{failure['error']}\nlogs: {failure['directory']}", markup=False,
+                       highlight=False, soft_wrap=True)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return code
+    table = Table(title=f"bench throughput: n={report['n']} batch {report['batch_size']}, "
+                        f"{report['duration_s']:g} s windows, signed requests, verify bound "
+                        f"{report['verify_bound_ops_per_s']:.0f} ops/s")
+    table.box = box.SIMPLE_HEAD
+    for column in ("clients", "ops/s", "p50 ms", "p90 ms", "p99 ms", "batch", "cpu s/replica",
+                   "BFT-SMaRt signed", "ratio", "timeouts"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for r in report["results"]:
+        lat, ref = r["latency_ms"], r["reference_bftsmart"]
+        cpu = r["cpu_seconds_per_replica"]
+        signed = ref["signed_ops_per_s"]
+        table.add_row(str(r["clients"]), f"{r['ops_per_s']:.0f}", f"{lat['p50'] or 0:.1f}",
+                      f"{lat['p90'] or 0:.1f}", f"{lat['p99'] or 0:.1f}",
+                      f"{r['mean_batch_size'] or 0:.1f}",
+                      " ".join(f"{c:.1f}" if c is not None else "-" for c in cpu),
+                      "-" if signed is None else
+                      f"{signed:.0f}{'*' if ref['signed_interpolated'] else ''}",
+                      "-" if r["ratio_vs_bftsmart_signed"] is None else
+                      f"{r['ratio_vs_bftsmart_signed']:.2f}", str(r["timeouts"]))
+    # Wider than the 80 columns rich assumes for a pipe: the table is read in logs and files.
+    (console if console.is_terminal else Console(width=120)).print(table)
+    goal = report["goal"]
+    console.print(f"reference: {report['reference']['system']}; * interpolated. Goal: >= "
+                  f"{goal['signed_ops_per_s_at_100_clients']} signed ops/s at 100 clients, "
+                  f"p50 <= {goal['p50_ms_at_8_clients']} ms at 8 clients", highlight=False)
+    if report["logs"]:
+        console.print(f"logs: {report['logs']}", markup=False, highlight=False)
     return code
 
 

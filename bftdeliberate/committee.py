@@ -407,12 +407,13 @@ def init_keystore(
     committee_id: str | None = None,
     host: str = "127.0.0.1",
     base_port: int = DEFAULT_BASE_PORT,
+    overwrite: bool = False,
 ) -> Committee:
     """Create a fresh genesis in ``directory``: ``agent-{i}.key``, ``client-{j}.key`` (mode
     0600) and ``committee.json``.
 
-    Refuses, before writing anything, if any of these files exists: private keys are never
-    overwritten. Keys come from os.urandom.
+    Refuses, before writing anything, if any of these files exists, unless ``overwrite``
+    (``bftd keys init --force``): then those files are replaced. Keys come from os.urandom.
     """
     root = Path(directory)
     if committee_id is None:
@@ -424,12 +425,21 @@ def init_keystore(
     key_files += [(root / f"{client_id}.key", key) for client_id, key in client_keys.items()]
     manifest_path = root / MANIFEST_FILE_NAME
     for path in [manifest_path, *(path for path, _key in key_files)]:
-        if path.exists():
-            raise ConfigError(f"{path}: already exists; refusing to overwrite a keystore")
+        if path.exists() and not overwrite:
+            raise ConfigError(f"{path}: already exists; refusing to overwrite a keystore "
+                              "(--force replaces it)")
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a directory")
     try:
         root.mkdir(mode=KEYSTORE_DIRECTORY_MODE, parents=True, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"{root}: cannot create directory ({error.strerror})") from None
+    if overwrite:
+        for path in [manifest_path, *(path for path, _key in key_files)]:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as error:
+                raise ConfigError(f"{path}: cannot replace ({error.strerror})") from None
     written: list[Path] = []
     try:
         for path, key in key_files:

@@ -56,7 +56,7 @@ class Client:
             raise LocalError(f"key does not belong to client {client_id!r} of the committee")
         self.id = client_id
         self.committee = committee
-        self.verifier = verifier or Verifier(key.backend)
+        self.verifier = verifier if verifier is not None else Verifier(key.backend)
         self.view = 0  # best guess of the current view, learnt from accepted replies
         self.stats = ClientStats()
         self._key = key
@@ -123,6 +123,11 @@ class Client:
         self.view = max(self.view, max(matching))
         self.stats.completed += 1
         return [Completed(pending.timestamp, reply.result, self.view)]
+
+    def abandon(self) -> None:
+        """Give up on the outstanding request (the caller timed out); late replies to it
+        are dropped as stale, and the next request gets a newer timestamp."""
+        self._outstanding = None
 
     def handle_timer(self, now: float) -> list[Effect]:
         pending = self._outstanding

@@ -175,7 +175,7 @@ class Replica:
         self.app = app
         self._key = key
         self._committee_digest = committee.digest
-        self.verifier = verifier or Verifier(key.backend)
+        self.verifier = verifier if verifier is not None else Verifier(key.backend)
         self._f = committee.f
         self._n = committee.n
         # Key lookups on every verification: plain dicts, built once from the manifest.
