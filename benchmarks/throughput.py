@@ -407,9 +407,10 @@ def _start_profilers(nodes: list[_Node], directory: Path, seconds: float) -> lis
         return []
     profilers = []
     for node in nodes:
-        out = directory / f"profile-node-{node.member}.speedscope.json"
+        out = directory / f"profile-node-{node.member}.folded"
         argv = [py_spy, "record", "--pid", str(node.process.pid), "--duration",
-                str(max(1, round(seconds))), "--format", "speedscope", "--output", str(out)]
+                str(max(1, round(seconds))), "--format", "raw", "--nonblocking",
+                "--output", str(out)]
         log = open(directory / f"py-spy-{node.member}.log", "wb")  # noqa: SIM115
         profilers.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log,
                           out))
@@ -472,9 +473,46 @@ def run_point(directory: Path, n: int, clients: int, *, duration: float, warmup:
                            final, outputs, [gen.process.returncode for gen in gens])
     report["node_exit_codes"] = exit_codes
     if profile:
-        report["profiles"] = ([str(out) for _p, _l, out in profilers] if profilers
-                              else "skipped: py-spy is not installed")
+        report["profiles"] = ({str(out): summarise_profile(out) for _p, _l, out in profilers}
+                              if profilers else "skipped: py-spy is not installed")
     return report
+
+
+#: Functions listed per profile summary.
+PROFILE_TOP = 25
+
+
+def summarise_profile(path: Path, top: int = PROFILE_TOP) -> dict[str, Any]:
+    """Where a node's time went, from py-spy's folded stacks: the share of samples whose
+    innermost frame is each function (self), and the share that pass through it (total)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {"error": f"no profile at {path}"}
+    total = 0
+    own: dict[str, int] = {}
+    through: dict[str, int] = {}
+    for line in lines:
+        stack, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [frame.split(" (")[0] + " " + frame.rsplit("/", 1)[-1].split(":")[0]
+                  for frame in stack.split(";")[1:]]  # first frame: the process/thread
+        if not frames:
+            continue
+        total += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            through[frame] = through.get(frame, 0) + count
+    if not total:
+        return {"samples": 0}
+
+    def ranked(table: dict[str, int]) -> list[list[Any]]:
+        best = sorted(table.items(), key=lambda item: -item[1])[:top]
+        return [[name, round(count / total, 3)] for name, count in best]
+
+    return {"samples": total, "self": ranked(own), "total": ranked(through)}
 
 
 def _point_report(n: int, clients: int, duration: float, warmup: float,

@@ -9,6 +9,7 @@ import random
 import pytest
 import trio
 import trio.testing
+from conftest import make_genesis
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,7 +28,6 @@ from bftdeliberate.net.handshake import (
 )
 from bftdeliberate.net.transport import Transport
 from bftdeliberate.wire import cbor
-from conftest import make_genesis
 
 GENESIS = make_genesis(4, clients=2)
 COMMITTEE = GENESIS.committee

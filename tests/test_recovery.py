@@ -23,7 +23,7 @@ from bftdeliberate.wire.messages import Commit, Prepare, PrePrepare, Request
 from simulator.world import World
 
 NOW = 100.0
-CONFIG = ReplicaConfig(checkpoint_interval=4, log_window=8, batch_size=1)
+CONFIG = ReplicaConfig(checkpoint_interval=4, log_window=8, batch_size=1, max_in_flight_batches=8)
 G = make_genesis(4)
 
 

@@ -171,6 +171,9 @@ class Link:
             return
         queue = self._queue
         size = len(frame)
+        if size > self.max_queue_bytes:
+            self.transport.stats.send_dropped[str(self.remote)] += 1
+            return
         while queue and (self.queued_bytes + size > self.max_queue_bytes
                          or len(queue) >= self.max_queue_messages):
             self.queued_bytes -= len(queue.popleft())
@@ -327,17 +330,19 @@ class Transport:
             await self._work.park()
 
     def take_turn(self, budget: int) -> list[tuple[Identity, bytes]]:
-        """Round robin over ready links: at most ``FRAMES_PER_TURN`` each, ``budget`` total."""
+        """Round robin over ready links: at most ``FRAMES_PER_TURN`` each, ``budget`` total.
+        A link that still has frames goes to the back, so every ready link gets its turn."""
         taken: list[tuple[Identity, bytes]] = []
-        while self.ready and len(taken) < budget:
-            for link in list(self.ready):
-                frames = link.take(min(FRAMES_PER_TURN, budget - len(taken)))
-                remote = link.remote
-                taken += [(remote, frame) for frame in frames]
-                if not link.inbox:
-                    self.ready.pop(link, None)
-                if len(taken) >= budget:
-                    break
+        ready = self.ready
+        while ready and len(taken) < budget:
+            link = next(iter(ready))
+            remote = link.remote
+            taken += [(remote, frame) for frame in
+                      link.take(min(FRAMES_PER_TURN, budget - len(taken)))]
+            if link.inbox:
+                ready.move_to_end(link)
+            else:
+                del ready[link]
         return taken
 
     # --------------------------------------------------------------- send side
@@ -369,8 +374,8 @@ class Transport:
     def _adopt(self, link: Link) -> None:
         links = self._links.setdefault(link.remote, [])
         links.append(link)
-        if len(links) > MAX_LINKS_PER_IDENTITY:
-            links[0].close()
+        while len(links) > MAX_LINKS_PER_IDENTITY:
+            links.pop(0).close()  # out of the list now: simultaneous adoptions close others
         # We send to members over links we dialled, to clients over their newest link.
         if link.outbound or type(link.remote) is str:
             self._send_links[link.remote] = link
@@ -501,10 +506,14 @@ class Transport:
                                                                  expected=member)
                     if timeout.cancelled_caught:
                         raise HandshakeRefused("timeout", "no handshake within the timeout")
-                    failures = 0
+                    up_since = trio.current_time()
                     await self._run_link(Link(self, stream, remote, outbound=True,
                                               leftover=leftover))
                     stream = None
+                    # Only a link that stayed up resets the backoff: a peer that hangs up
+                    # right after each handshake is redialled ever more slowly.
+                    if trio.current_time() - up_since >= self.limits.reconnect_max:
+                        failures = 0
             except HandshakeRefused as error:
                 self._refused(error, describe(member))
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -518,7 +527,8 @@ class Transport:
     def _backoff(self, failures: int) -> float:
         ceiling = min(self.limits.reconnect_max,
                       self.limits.reconnect_min * 2 ** min(failures - 1, 30))
-        return self._rng.uniform(self.limits.reconnect_min / 2, ceiling)  # full-ish jitter
+        # Jitter spreads the redials of many peers that lost the same member.
+        return min(ceiling, self._rng.uniform(self.limits.reconnect_min / 2, ceiling))
 
     async def run_dialers(self, members: Sequence[int],
                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

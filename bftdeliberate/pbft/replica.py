@@ -197,6 +197,9 @@ class Replica:
         self._queued: set[tuple[str, int]] = set()
         self._queued_per_client: Counter[str] = Counter()
         self._next_seq = 1
+        # Seqs this primary proposed in this view that may not have committed yet (pruned
+        # lazily, when the pipeline looks full).
+        self._awaiting_commit: set[int] = set()
         self._last_batch_timestamp = 0
         self._batch_deadline: float | None = None
         # Backup state: the newest request timestamp relayed to the primary, per client.
@@ -504,6 +507,8 @@ class Replica:
             return effects
         batch_size = self.config.batch_size
         while self._queue and self._next_seq <= self.low_watermark + self.config.log_window:
+            if self._pipeline_full():
+                return effects  # the next commit proposes what queued up meanwhile
             if len(self._queue) < batch_size and not flush and self.config.batch_delay > 0:
                 if self._batch_deadline is None:
                     self._batch_deadline = now + self.config.batch_delay
@@ -515,9 +520,20 @@ class Replica:
             self._batch_deadline = None
         return effects
 
+    def _pipeline_full(self) -> bool:
+        limit = self.config.max_in_flight_batches
+        awaiting = self._awaiting_commit
+        if len(awaiting) < limit:
+            return False
+        log, low = self._log, self.low_watermark
+        awaiting.intersection_update([seq for seq in awaiting if seq > low and (
+            (slot := log.get(seq)) is not None and not slot.committed)])
+        return len(awaiting) >= limit
+
     def _propose(self, batch: tuple[SignedMessage, ...], now: float) -> list[Effect]:
         seq = self._next_seq
         self._next_seq += 1
+        self._awaiting_commit.add(seq)
         # Agreed time never goes backwards, whatever the primary's clock does.
         timestamp = max(int(now * 1000), self._last_batch_timestamp)
         self._last_batch_timestamp = timestamp
@@ -671,6 +687,10 @@ class Replica:
                 slot.committed = True
                 self._recommitting.discard(seq)
                 effects += self._execute_ready(now)
+                if seq in self._awaiting_commit:
+                    self._awaiting_commit.discard(seq)
+                    if self._queue and self.is_primary:
+                        effects += self._propose_ready(now, flush=True)
         return effects
 
     @staticmethod
@@ -684,6 +704,8 @@ class Replica:
         effects: list[Effect] = []
         while (slot := self._log.get(self.last_executed + 1)) is not None and slot.committed:
             effects += self._execute(self.last_executed + 1, slot, now)
+        if effects and self._queue and self.is_primary:
+            effects += self._propose_ready(now, flush=True)  # the pipeline may have room
         return effects
 
     def _execute(self, seq: int, slot: _Slot, now: float) -> list[Effect]:
@@ -1057,6 +1079,7 @@ class Replica:
                 self._ahead_certain = max(self._ahead_certain, plan.min_s)
         old_log, old_queue = self._log, list(self._queue)
         self._log, self._in_flight = {}, set()
+        self._awaiting_commit = set()
         self._recommitting = set()
         self._queue.clear()
         self._queued.clear()
