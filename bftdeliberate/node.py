@@ -6,6 +6,7 @@ before anything is written), then run the peer, the local cluster or one client 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -31,6 +32,8 @@ from bftdeliberate.wire import cbor
 DEFAULT_DATA_DIR = "data-{member}"
 #: Seconds ``cluster up`` waits for its nodes to stop after asking them to, before SIGKILL.
 CLUSTER_STOP_TIMEOUT = 10.0
+#: Environment variable: write a cProfile of ``node run`` to ``$BFTD_PROFILE.<member>``.
+PROFILE_ENV = "BFTD_PROFILE"
 #: Default client key file beside the committee file.
 DEFAULT_CLIENT_KEY = "client-0.key"
 #: Seconds ``bftd client`` waits for f+1 matching replies by default.
@@ -138,6 +141,19 @@ def node_run(*, member: int, committee_path: Path, key_path: Path, data_dir: Pat
                               view=peer.replica.view, seq=peer.replica.last_executed)
                     break
 
+    profile_path = os.environ.get(PROFILE_ENV)
+    if profile_path:
+        # Developer aid: a cProfile of this node, written when it stops.
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            run_trio(main)
+        finally:
+            profiler.disable()
+            profiler.dump_stats(f"{profile_path}.{member}")
+        return 0
     run_trio(main)
     return 0
 

@@ -3,8 +3,11 @@ durable storage + the application; and the client side that submits operations.
 
 The runtime is a loop of *steps* (etcd-raft's Ready discipline): take the frames that
 arrived (round robin over links, at most ``MAX_FRAMES_PER_STEP``) and any due timer, feed
-them to the replica, then **persist** every ``Persist`` record of the step with one fsync,
-then **send** the step's messages, then report executions. The replica's ``now`` is wall
+them to the replica, then **persist** every ``Persist`` record of the step, then **send**
+the step's messages, then report executions. Persistence is a group commit: a flusher task
+writes and fsyncs what the steps since its last turn appended; a step's messages are held
+until everything it persisted is durable (and behind any earlier held messages, so each
+link keeps the core's order). The replica's ``now`` is wall
 time (``clock``, seconds since the epoch), because the primary's batch timestamps are
 checked by backups on other machines; the trio timer is re-armed from ``next_deadline()``.
 
@@ -93,7 +96,13 @@ class _MemoryDisk:
     def append(self, record: Persist) -> None:
         self._records.append(record)
 
-    def sync(self) -> None:
+    def begin_sync(self) -> tuple[int, int]:
+        return len(self._records), 0
+
+    def fsync(self) -> None:
+        pass
+
+    def end_sync(self, position: tuple[int, int]) -> None:
         pass
 
     def close(self) -> None:
@@ -165,6 +174,13 @@ class Peer:
         self.metrics_port: int | None = None
         self._executed = trio.lowlevel.ParkingLot()
         self._status_to: list[int] = []
+        # Group commit: steps that appended records count up _appended_generation; the
+        # flusher makes them durable and releases the held messages in order.
+        self._appended_generation = 0
+        self._durable_generation = 0
+        self._held: deque[tuple[int, list[Effect]]] = deque()
+        self._volatile = isinstance(self.disk, _MemoryDisk)
+        self._flush_needed = trio.lowlevel.ParkingLot()
         self._restore()
 
     # ------------------------------------------------------------------ set-up
@@ -219,6 +235,7 @@ class Peer:
         others = [member for member in range(self.committee.n) if member != self.id]
         await nursery.start(self.transport.run_dialers, others)
         nursery.start_soon(self._run_core)
+        nursery.start_soon(self._run_flusher)
         if config.metrics_port is not None:
             from bftdeliberate.observability import serve_metrics
 
@@ -263,8 +280,10 @@ class Peer:
             await trio.lowlevel.checkpoint()
 
     def _perform(self, effects: list[Effect]) -> None:
-        """Persist (one fsync), then send, then report -- in the order the core gave."""
-        disk, transport = self.disk, self.transport
+        """Persist, then send, then report -- in the order the core gave. The step's
+        messages leave only once everything it persisted is durable (group commit: see
+        :meth:`_run_flusher`); Execute and Evidence are reported at once."""
+        disk = self.disk
         sends: list[Effect] = []
         appended = False
         executed = False
@@ -285,7 +304,43 @@ class Peer:
                 logger.debug("checkpoint stable", extra={"fields": self._position() | {
                     "checkpoint": effect.seq}})  # type: ignore[union-attr]
         if appended:
-            disk.sync()  # persist-before-send: everything this step signed is durable first
+            self._appended_generation += 1
+            if self._volatile:
+                self._durable_generation = self._appended_generation  # nothing to wait for
+            else:
+                self._flush_needed.unpark_all()
+        if sends:
+            if self._held or self._durable_generation < self._appended_generation:
+                # Persist-before-send; and FIFO behind earlier held messages.
+                self._held.append((self._appended_generation, sends))
+            else:
+                self._send(sends)
+        if executed:
+            self._executed.unpark_all()
+
+    async def _run_flusher(self) -> None:
+        """Group commit: write what the steps appended, fsync it, then release the messages
+        that waited for it. One fsync covers every step that ran since the last one (the
+        core runs as long as frames are ready before this task gets its turn).
+
+        The fsync runs on the event loop: handing it to a worker thread kept the loop free
+        but cost more CPU than it saved on this 2-core machine (``bftd bench throughput``,
+        8 clients: 442 vs 559 ops/s)."""
+        disk = self.disk
+        while True:
+            while self._durable_generation >= self._appended_generation:
+                await self._flush_needed.park()
+            target = self._appended_generation
+            position = disk.begin_sync()
+            disk.fsync()
+            disk.end_sync(position)
+            self._durable_generation = target
+            held = self._held
+            while held and held[0][0] <= target:
+                self._send(held.popleft()[1])
+
+    def _send(self, sends: list[Effect]) -> None:
+        transport = self.transport
         members = range(self.committee.n)
         for effect in sends:
             raw = effect.message.raw  # type: ignore[union-attr]
@@ -305,8 +360,7 @@ class Peer:
                 transport.send(effect.to, frame)  # type: ignore[union-attr]
             else:
                 transport.send(effect.client, frame)  # type: ignore[union-attr]
-        if executed:
-            self._executed.unpark_all()
+        transport.flush()
 
     def _on_evidence(self, evidence: Evidence) -> None:
         self.evidence.append(evidence)
@@ -430,6 +484,7 @@ class CommitteeClient:
             elif type(effect) is Completed and self._done is not None:
                 self._result = effect
                 self._done.set()
+        self.transport.flush()
 
     async def wait_connected(self, count: int, timeout: float) -> int:
         """Wait (at most ``timeout`` seconds) for links to ``count`` members; returns how

@@ -241,6 +241,9 @@ class RecordLog:
         self._tail_hash = tail_hash
         self._durable_size = durable_size
         self._durable_count = len(payloads)
+        # Written to the file but maybe not yet durable (group commit: see write_buffered).
+        self._written_size = durable_size
+        self._written_count = len(payloads)
         self._pending = bytearray()
         self._broken: str | None = None
         #: Bytes of torn or corrupt tail cut off when this log was opened (0 if clean).
@@ -377,20 +380,50 @@ class RecordLog:
 
     def sync(self) -> None:
         """Write every buffered record and fsync: the batched durability point."""
-        self._check_usable()
-        if not self._pending:
+        position = self.write_buffered()
+        if position[1] == self._durable_size:
             return
+        self.fsync_written()
+        self.mark_durable(position)
+
+    def write_buffered(self) -> tuple[int, int]:
+        """Write the buffered records to the file without fsync, and return the position
+        (records, bytes) that a following :meth:`fsync_written` makes durable.
+
+        Group commit splits :meth:`sync` in three: ``write_buffered`` and
+        :meth:`mark_durable` on the owner's thread, :meth:`fsync_written` on a worker
+        thread meanwhile -- during which the owner may only :meth:`append` (no rewrite,
+        close or other write)."""
+        self._check_usable()
         assert self._fd is not None
+        if self._pending:
+            try:
+                _write_all(self._fd, bytes(self._pending))
+            except OSError as exc:
+                self._broken = f"write: {exc.strerror or exc}"
+                raise LocalError(f"{self.path}: write failed: {exc.strerror or exc}") from exc
+            self._written_size += len(self._pending)
+            self._pending.clear()
+        self._written_count = len(self._payloads)
+        return self._written_count, self._written_size
+
+    def fsync_written(self) -> None:
+        """fsync what :meth:`write_buffered` wrote (callable from a worker thread). After a
+        failure the log is poisoned: the kernel may have dropped the dirty pages."""
+        fd = self._fd
+        assert fd is not None
         try:
-            _write_all(self._fd, bytes(self._pending))
-            os.fsync(self._fd)
-            self.fsyncs += 1
+            os.fsync(fd)
         except OSError as exc:
-            self._broken = f"write/fsync: {exc.strerror or exc}"
-            raise LocalError(f"{self.path}: sync failed: {exc.strerror or exc}") from exc
-        self._durable_size += len(self._pending)
-        self._durable_count = len(self._payloads)
-        self._pending.clear()
+            self._broken = f"fsync: {exc.strerror or exc}"
+            raise LocalError(f"{self.path}: fsync failed: {exc.strerror or exc}") from exc
+
+    def mark_durable(self, position: tuple[int, int]) -> None:
+        """Record that everything up to ``position`` (from write_buffered) is durable."""
+        count, size = position
+        self._durable_count = max(self._durable_count, count)
+        self._durable_size = max(self._durable_size, size)
+        self.fsyncs += 1
 
     def rewrite(self, payloads: Iterable[bytes]) -> None:
         """Atomically replace the whole log (durable and buffered records) with exactly
@@ -449,8 +482,8 @@ class RecordLog:
             os.close(old)
         self._payloads = payloads
         self._tail_hash = tail_hash
-        self._durable_size = size
-        self._durable_count = len(payloads)
+        self._durable_size = self._written_size = size
+        self._durable_count = self._written_count = len(payloads)
         self._pending.clear()
 
     def close(self) -> None:
@@ -495,7 +528,7 @@ class RecordLog:
     @property
     def size(self) -> int:
         """File size in bytes once buffered records are synced (header included)."""
-        return self._durable_size + len(self._pending)
+        return self._written_size + len(self._pending)
 
     @property
     def synced_size(self) -> int:
@@ -591,6 +624,24 @@ class ReplicaDisk:
         """One fsync for everything appended since the last sync; then compact if a new
         stable checkpoint makes it worth it (see the class docstring)."""
         self._log.sync()
+        self._after_sync()
+
+    def begin_sync(self) -> tuple[int, int]:
+        """Group commit, part 1 (owner's thread): write what was appended; returns the
+        position :meth:`fsync` then makes durable."""
+        return self._log.write_buffered()
+
+    def fsync(self) -> None:
+        """Group commit, part 2 (a worker thread may run it; the owner only appends
+        meanwhile)."""
+        self._log.fsync_written()
+
+    def end_sync(self, position: tuple[int, int]) -> None:
+        """Group commit, part 3 (owner's thread): ``position`` is durable; compact if due."""
+        self._log.mark_durable(position)
+        self._after_sync()
+
+    def _after_sync(self) -> None:
         if self._compaction_due:
             self._compaction_due = False
             self._maybe_compact()

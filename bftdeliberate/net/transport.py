@@ -34,6 +34,7 @@ The transport never interprets payloads: it hands ``(link.remote, frame)`` to it
 from __future__ import annotations
 
 import logging
+import os
 import random
 import secrets
 from collections import Counter, OrderedDict, deque
@@ -153,6 +154,12 @@ class Link:
         self._leftover = leftover
         self._cancel = trio.CancelScope()
         self._close_reason: str | None = None
+        # Fast-path writes (write_now) go straight to the socket's descriptor; only while
+        # the writer task is idle, so the two never interleave bytes.
+        socket = getattr(stream, "socket", None)
+        self._fd: int | None = socket.fileno() if socket is not None else None
+        self._writing = False
+        self._partial = b""
 
     def __repr__(self) -> str:
         direction = "to" if self.outbound else "from"
@@ -181,28 +188,61 @@ class Link:
         queue.append(frame)
         self.queued_bytes += size
         if len(queue) == 1:
+            self.transport._dirty[self] = None  # written at the consumer's next flush()
+
+    def _take_chunk(self) -> bytes:
+        """Queued frames joined, up to WRITE_COALESCE_BYTES (at least one frame)."""
+        queue, stats = self._queue, self.transport.stats
+        parts = [queue.popleft()]
+        size = len(parts[0])
+        while queue and size + len(queue[0]) <= WRITE_COALESCE_BYTES:
+            part = queue.popleft()
+            parts.append(part)
+            size += len(part)
+        self.queued_bytes -= size
+        stats.frames_sent += len(parts)
+        stats.bytes_sent += size
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def write_now(self) -> None:
+        """Fast path at the end of a consumer step: if the writer task is idle, write what
+        is queued with one non-blocking ``os.write`` (no task switch); what the socket does
+        not take now, and any stream without a socket, goes to the writer task."""
+        if self._writing or self.closed or not self._queue:
+            return
+        if self._fd is None:
+            self._has_data.unpark_all()
+            return
+        data = self._take_chunk()
+        try:
+            written = os.write(self._fd, data)
+        except BlockingIOError:
+            written = 0
+        except OSError:
+            written = 0  # the writer task meets the error again and closes the link
+        if written < len(data):
+            # A partial frame must go out next and can never be dropped: not in the queue.
+            self._partial = data[written:] if written else data
             self._has_data.unpark_all()
 
     async def _write_loop(self) -> None:
-        queue, stats = self._queue, self.transport.stats
+        queue = self._queue
         while True:
-            while not queue:
+            while not queue and not self._partial:
+                self._writing = False
                 self._drained.unpark_all()
                 await self._has_data.park()
-            parts = [queue.popleft()]
-            size = len(parts[0])
-            while queue and size + len(queue[0]) <= WRITE_COALESCE_BYTES:
-                part = queue.popleft()
-                parts.append(part)
-                size += len(part)
-            self.queued_bytes -= size
-            stats.frames_sent += len(parts)
-            stats.bytes_sent += size
-            await self.stream.send_all(parts[0] if len(parts) == 1 else b"".join(parts))
+            self._writing = True
+            if self._partial:
+                data, self._partial = self._partial, b""
+            else:
+                data = self._take_chunk()
+            await self.stream.send_all(data)
 
     async def flush(self) -> None:
         """Wait until the queue is empty (the last chunk may still be in flight)."""
-        while self._queue and not self.closed:
+        while (self._queue or self._partial) and not self.closed:
+            self._has_data.unpark_all()
             await self._drained.park()
 
     # ---------------------------------------------------------------- receiving
@@ -306,6 +346,8 @@ class Transport:
         self._pending_handshakes = 0
         #: Links with unread frames, in arrival order (the consumer's round robin).
         self.ready: OrderedDict[Link, None] = OrderedDict()
+        #: Links with newly queued frames, written by the next flush().
+        self._dirty: dict[Link, None] = {}
         self._work = trio.lowlevel.ParkingLot()
         self._connections_changed = trio.lowlevel.ParkingLot()
 
@@ -348,15 +390,25 @@ class Transport:
     # --------------------------------------------------------------- send side
 
     def send(self, to: Identity, frame: bytes) -> None:
-        """Queue an already framed message for ``to``; dropped (counted) if no link."""
+        """Queue an already framed message for ``to``; dropped (counted) if no link. It
+        leaves at the next :meth:`flush`."""
         link = self._send_links.get(to)
         if link is None:
             self.stats.send_dropped[str(to)] += 1
             return
         link.enqueue(frame)
 
+    def flush(self) -> None:
+        """Write what was queued since the last flush (the consumer calls this at the end
+        of each step, so one step's messages to a peer leave in one write)."""
+        dirty, self._dirty = self._dirty, {}
+        for link in dirty:
+            link.write_now()
+
     def send_message(self, to: Identity, payload: bytes) -> None:
+        """Frame ``payload`` and send it now (one message; steps use send + flush)."""
         self.send(to, encode_frame(payload, max_frame_size=self.limits.max_frame_size))
+        self.flush()
 
     def connected(self, to: Identity) -> bool:
         return to in self._send_links
