@@ -138,7 +138,7 @@ def run_one(n: int, batch: int, requests: int, backend_name: str | None, seed: i
     # event loop are reported separately (on a real deployment they are other processes).
     ops_per_s = requests / cluster.cpu_seconds["replicas"]
     latencies.sort()
-    key = lambda t: t.replace("-", "_")  # noqa: E731 - JSON keys use underscores
+    key = lambda t: t.replace("-", "_")
     return {
         "n": n,
         "f": cluster.committee.f,

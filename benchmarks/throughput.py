@@ -532,6 +532,8 @@ def _point_report(n: int, clients: int, duration: float, warmup: float,
     committed_batches = metric_delta("bftd_committed_batches_total")
     verifications = metric_delta("bftd_signature_verifications_total")
     fsyncs = metric_delta("bftd_fsyncs_total")
+    replica_messages = sum(metric_delta("bftd_messages_sent_total"))
+    replica_bytes = sum(metric_delta("bftd_bytes_sent_total"))
     batch_sizes = [o / b for o, b in zip(committed_ops, committed_batches) if b > 0]
     mean_batch = statistics.fmean(batch_sizes) if batch_sizes else None
     node_cpu = [_delta(a, b) for a, b in zip(after.node_cpu, before.node_cpu)]
@@ -637,8 +639,9 @@ def _point_report(n: int, clients: int, duration: float, warmup: float,
             if client_ops_total else None,
             "loopback": loopback,
             "analytic_messages": analytic,
-            "replica_messages_per_op": None,
-            "replica_bytes_per_op": None,
+            # Everything the n replicas wrote (to each other and to clients), per op.
+            "replica_messages_per_op": round(replica_messages / ops, 3) if ops else None,
+            "replica_bytes_per_op": round(replica_bytes / ops, 1) if ops else None,
         },
         "reference_bftsmart": {"signed_ops_per_s": _round(signed_ref, 0),
                                "signed_interpolated": signed_interp,

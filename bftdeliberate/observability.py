@@ -257,6 +257,10 @@ _COUNTERS = (
     ("verifications", "bftd_signature_verifications", "Signature verifications performed."),
     ("verify_cache_hits", "bftd_verify_cache_hits", "Verifications answered from the cache."),
     ("fsyncs", "bftd_fsyncs", "fsync calls on the durable log."),
+    ("messages_sent", "bftd_messages_sent", "Frames written to peers and clients."),
+    ("bytes_sent", "bftd_bytes_sent", "Bytes written to peers and clients (framing included)."),
+    ("messages_received", "bftd_messages_received", "Frames read from peers and clients."),
+    ("bytes_received", "bftd_bytes_received", "Bytes read from peers and clients."),
 )
 # (snapshot key, family name without "_total", label name, help)
 _LABELLED_COUNTERS = (

@@ -180,6 +180,7 @@ class Peer:
         self._durable_generation = 0
         self._held: deque[tuple[int, list[Effect]]] = deque()
         self._volatile = isinstance(self.disk, _MemoryDisk)
+        self._logged_view = (0, True)
         self._flush_needed = trio.lowlevel.ParkingLot()
         self._restore()
 
@@ -239,9 +240,17 @@ class Peer:
         if config.metrics_port is not None:
             from bftdeliberate.observability import serve_metrics
 
-            self.metrics_port = await nursery.start(
-                lambda task_status: serve_metrics(self.snapshot, port=config.metrics_port,
-                                                  task_status=task_status))
+            try:
+                self.metrics_port = await nursery.start(
+                    lambda task_status: serve_metrics(self.snapshot, port=config.metrics_port,
+                                                      task_status=task_status))
+            except (OSError, BaseExceptionGroup) as error:
+                bind_errors = [error] if isinstance(error, OSError) else [
+                    leaf for leaf in error.exceptions if isinstance(leaf, OSError)]
+                if not bind_errors:
+                    raise
+                raise ConfigError(f"cannot serve metrics on 127.0.0.1:{config.metrics_port} "
+                                  f"({bind_errors[0].strerror})") from None
 
     def _on_connected(self, link: Link) -> None:
         # A (re)connected member learns where we are: whoever is behind catches up.
@@ -277,6 +286,8 @@ class Peer:
             self.stats.frames += len(frames)
             if effects:
                 self._perform(effects)
+            if (replica.view, replica.view_active) != self._logged_view:
+                self._log_view_change()
             await trio.lowlevel.checkpoint()
 
     def _perform(self, effects: list[Effect]) -> None:
@@ -362,6 +373,13 @@ class Peer:
                 transport.send(effect.client, frame)  # type: ignore[union-attr]
         transport.flush()
 
+    def _log_view_change(self) -> None:
+        replica = self.replica
+        self._logged_view = (replica.view, replica.view_active)
+        event = "view entered" if replica.view_active else "view change started"
+        logger.warning(event, extra={"fields": self._position() | {
+            "primary": replica.primary, "view_changes": replica.stats.new_views}})
+
     def _on_evidence(self, evidence: Evidence) -> None:
         self.evidence.append(evidence)
         self.stats.evidence[evidence.kind] += 1
@@ -394,6 +412,10 @@ class Peer:
             "send_dropped": dict(transport.stats.send_dropped),
             "request_queue": replica.queued_requests, "connections": transport.link_count,
             "handshakes_refused": dict(transport.stats.handshakes_refused),
+            "messages_sent": transport.stats.frames_sent,
+            "bytes_sent": transport.stats.bytes_sent,
+            "messages_received": transport.stats.frames_received,
+            "bytes_received": transport.stats.bytes_received,
             "verifications": self.verifier.verifications,
             "verify_cache_hits": self.verifier.cache_hits,
             "fsyncs": getattr(self.disk, "fsyncs", 0),

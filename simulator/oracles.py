@@ -158,7 +158,7 @@ class Oracles:
             if not isinstance(request.message, Request) or not self._valid(request):
                 self.violate("validity", "executed an operation no client signed", (member,), seq)
 
-    def _valid(self, signed) -> bool:  # noqa: ANN001
+    def _valid(self, signed) -> bool:
         if signed.raw in self._valid_raw:
             return True
         committee = self.world.committee

@@ -26,9 +26,10 @@ import gc
 import shlex
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from bftdeliberate import kv
 from bftdeliberate.errors import DecodeError
@@ -111,7 +112,7 @@ def repro_command(scenario: Scenario, n: int, seed: int, requests: int | None = 
     return f"bftd sim run {what} --n {n} --seed {seed}{extra}"
 
 
-def workload(requests: int):  # noqa: ANN201 - a generator of operations
+def workload(requests: int):
     return (kv.put(f"key-{i % WORKLOAD_KEYS}", i.to_bytes(4, "big")) for i in range(requests))
 
 

@@ -305,7 +305,7 @@ def _origin(scenario: Scenario) -> str:
         "builtin:") else source
 
 
-def _byzantine_api():  # noqa: ANN202 - the module, or None while it does not exist
+def _byzantine_api():
     try:
         from simulator import byzantine
     except ModuleNotFoundError as missing:

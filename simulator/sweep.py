@@ -14,8 +14,9 @@ import os
 import time
 import traceback
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from simulator.runner import LIVENESS_FAILED, SAFETY_VIOLATED, repro_command, run_scenario
 from simulator.spec import Scenario
@@ -142,7 +143,7 @@ def make_tasks(scenarios: list[Scenario], ns: list[int] | None,
     return tasks
 
 
-def pool(jobs: int, scenarios: list[Scenario]):  # noqa: ANN201 - a multiprocessing.Pool
+def pool(jobs: int, scenarios: list[Scenario]):
     context = multiprocessing.get_context(START_METHOD)
     if START_METHOD == "forkserver":
         context.set_forkserver_preload(PRELOAD)

@@ -22,8 +22,9 @@ import heapq
 import itertools
 import random
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Protocol
 
 from bftdeliberate.committee import Committee, make_committee
 from bftdeliberate.crypto import PrivateKey, SignatureBackend, Verifier

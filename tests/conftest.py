@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 
@@ -15,10 +16,25 @@ from bftdeliberate.pbft.config import ReplicaConfig
 from bftdeliberate.pbft.replica import Replica
 from bftdeliberate.wire.messages import SignedMessage, sign_message
 
-
 # Property tests are part of the deterministic suite: the same examples on every run.
 settings.register_profile("deterministic", derandomize=True, deadline=None, database=None)
 settings.load_profile("deterministic")
+
+
+@pytest.fixture(autouse=True)
+def restore_bftd_logger():
+    """Every test starts and ends with the ``bftd`` logger as it found it: an in-process
+    ``bftd node run`` installs a handler on the stream pytest captured for that test."""
+    logger = logging.getLogger("bftd")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    handlers, level, propagate = saved
+    for handler in handlers:
+        logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = propagate
 
 
 @dataclass

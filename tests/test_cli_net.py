@@ -7,14 +7,15 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 
 import pytest
 import trio
+from processes import bftd_argv, free_port_range, scrape
 
 from bftdeliberate.cli import main
-from processes import bftd_argv, free_port_range, scrape
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -117,7 +118,8 @@ async def test_cluster_up_serves_clients_and_stops_all_nodes_on_ctrl_c(tmp_path)
     directory = tmp_path / "cluster"
     argv = [*bftd_argv(), "cluster", "up", "--n", "4", "--dir", str(directory),
             "--base-port", str(base), "--metrics-base-port", str(base + 4)]
-    cluster = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cluster = subprocess.Popen(argv, stdout=subprocess.PIPE,  # noqa: ASYNC220 (returns at once)
+                               stderr=subprocess.STDOUT)
     try:
         with trio.fail_after(60):
             for member in range(4):
@@ -145,3 +147,21 @@ async def test_cluster_up_serves_clients_and_stops_all_nodes_on_ctrl_c(tmp_path)
         if cluster.poll() is None:
             os.kill(cluster.pid, signal.SIGKILL)
             cluster.wait()
+
+
+@pytest.mark.parametrize("busy", ["listen", "metrics"])
+def test_node_run_on_a_busy_port_is_one_line_exit_2(keystore, capsys, busy):
+    committee = json.loads((keystore / "committee.json").read_text())
+    member_port = int(committee["members"][1]["address"].rsplit(":", 1)[1])
+    metrics_port = free_port_range(1)
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", member_port if busy == "listen" else metrics_port))
+    blocker.listen()
+    try:
+        code, _, err = run(capsys, "node", "run", "--id", "1", "--committee",
+                           str(keystore / "committee.json"), "--key",
+                           str(keystore / "agent-1.key"), "--data", str(keystore / "d1"),
+                           "--metrics-port", str(metrics_port))
+    finally:
+        blocker.close()
+    assert one_line_error(code, err) and "already in use" in err, err

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import pytest
+from conftest import make_genesis
 
 from bftdeliberate import kv
+from bftdeliberate.crypto import get_backend
 from bftdeliberate.pbft.client import Client
 from bftdeliberate.pbft.config import ReplicaConfig
 from bftdeliberate.pbft.effects import Completed, Reply, Send
 from bftdeliberate.pbft.replica import Replica
-from bftdeliberate.wire import cbor
 from bftdeliberate.pbft.replies import sign_replies
-from bftdeliberate.crypto import get_backend
+from bftdeliberate.wire import cbor
 from simulator.network import NetworkProfile
 from simulator.world import World
-
-from conftest import make_genesis
 
 # Small K and L so that 1,000 requests cross many checkpoints and the window really binds.
 SMALL_LOG = ReplicaConfig(batch_size=10, batch_delay=0.002, checkpoint_interval=8, log_window=16)

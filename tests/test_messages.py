@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import make_genesis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,8 +30,6 @@ from bftdeliberate.wire.messages import (
     message_json_schema,
     sign_message,
 )
-
-from conftest import make_genesis
 
 GENESIS = make_genesis(4)
 counters = st.integers(min_value=0, max_value=MAX_COUNTER)

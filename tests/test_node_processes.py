@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import trio
+from processes import Node, bftd_argv, free_port_range, sample, scrape, state_digest
 
 from bftdeliberate import kv
 from bftdeliberate.committee import load_committee
 from bftdeliberate.crypto import load_private_key
 from bftdeliberate.peer import open_client
-from processes import Node, bftd_argv, free_port_range, sample, scrape, state_digest
 
 OPERATIONS = 500
 CLIENTS = 4

@@ -38,21 +38,10 @@ SNAPSHOT = {
     "request_queue": 7, "connections": 5,
     "handshakes_refused": {"unknown-key": 1},
     "verifications": 100, "verify_cache_hits": 40, "fsyncs": 55, "log_bytes": 4096,
+    "messages_sent": 900, "bytes_sent": 90000, "messages_received": 800, "bytes_received": 80000,
 }
 
 
-@pytest.fixture(autouse=True)
-def restore_bftd_logger():
-    logger = logging.getLogger(LOGGER_NAME)
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    handlers, level, propagate = saved
-    for handler in handlers:
-        logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = propagate
 
 
 class TtyStream(io.StringIO):
@@ -171,6 +160,10 @@ def test_collector_exports_every_snapshot_field():
         key("bftd_signature_verifications_total"): 100,
         key("bftd_verify_cache_hits_total"): 40,
         key("bftd_fsyncs_total"): 55,
+        key("bftd_messages_sent_total"): 900,
+        key("bftd_bytes_sent_total"): 90000,
+        key("bftd_messages_received_total"): 800,
+        key("bftd_bytes_received_total"): 80000,
         key("bftd_view"): 3,
         key("bftd_view_active"): 1,
         key("bftd_last_executed_seq"): 120,

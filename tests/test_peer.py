@@ -6,12 +6,13 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 
 import trio
+import trio.lowlevel
+from conftest import make_genesis
 
 from bftdeliberate import kv
 from bftdeliberate.pbft.effects import Broadcast, Persist, Send
 from bftdeliberate.peer import Peer, PeerConfig, open_client, open_peer
 from bftdeliberate.wire.messages import Prepare
-from conftest import make_genesis
 
 GENESIS = make_genesis(4, clients=2)
 DIGEST = b"\x11" * 32
@@ -68,7 +69,7 @@ async def test_a_step_s_messages_leave_only_after_its_records_are_durable(tmp_pa
             assert events == ["append 1"]  # nothing sent before the fsync
             nursery.start_soon(peer._run_flusher)
             while len(events) < 7:
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
             nursery.cancel_scope.cancel()
     assert events == ["append 1", "write", "fsync", "send 0", "send 2", "send 3", "send 0"]
     peer.disk.close()
@@ -83,7 +84,7 @@ async def test_one_fsync_covers_every_step_since_the_flusher_last_ran(tmp_path):
                 peer._perform([Persist("prepare", prepare), Send(2, prepare)])
             nursery.start_soon(peer._run_flusher)
             while events.count("send 2") < 3:
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
             nursery.cancel_scope.cancel()
     assert events.count("fsync") == 1
     assert events.index("fsync") < events.index("send 2")

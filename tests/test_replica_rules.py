@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from conftest import Genesis, make_genesis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -10,8 +11,6 @@ from bftdeliberate.pbft.config import ReplicaConfig
 from bftdeliberate.pbft.effects import Broadcast, Evidence, Persist, Send
 from bftdeliberate.pbft.replica import batch_digest
 from bftdeliberate.wire.messages import Commit, Prepare, PrePrepare, Request
-
-from conftest import Genesis, make_genesis
 
 NOW = 100.0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from conftest import make_genesis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,8 +18,6 @@ from bftdeliberate.pbft.replies import (
     verify_reply,
 )
 from bftdeliberate.wire.messages import decode_envelope
-
-from conftest import make_genesis
 
 GENESIS = make_genesis(4)
 

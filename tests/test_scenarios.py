@@ -38,7 +38,7 @@ def _skip_without_byzantine(name: str) -> None:
         pytest.skip("simulator.byzantine is not there yet")
 
 
-def _explain(result) -> str:  # noqa: ANN001
+def _explain(result) -> str:
     return (f"{result.repro}: safety {result.safety}, liveness {result.liveness}, "
             f"{result.committed}/{result.requests} committed, {result.violations[:2]}")
 
@@ -106,7 +106,7 @@ def test_partition_check_catches_a_minority_that_makes_progress():
     world = build_world(scenario)
     schedule(world, scenario)
 
-    def smuggle(sender, to, data, message_type):  # noqa: ANN001, ANN202
+    def smuggle(sender, to, data, message_type):
         if type(sender) is int and sender != 3 and to != 3 and type(to) is int:
             world.inject(3, sender, data, delay=0.005)
         return data
@@ -317,7 +317,7 @@ PROPERTY_MAX_TIME_MS = 15_000
 
 
 @st.composite
-def fault_profiles(draw) -> dict:  # noqa: ANN001
+def fault_profiles(draw) -> dict:
     n = draw(st.sampled_from([4, 4, 7]))
     f = (n - 1) // 3
     members = list(range(n))

@@ -361,7 +361,7 @@ def test_timeouts_double_per_consecutive_view_change_and_reset_after_progress():
         make_byzantine(world, member, [BehaviourSpec("silent", {}, 0.0)])
     sent: dict[int, float] = {}
 
-    def note(sender, to, data, kind):  # noqa: ANN001, ANN202
+    def note(sender, to, data, kind):
         if sender == 5 and kind == "view-change":
             sent.setdefault(decode_envelope(data).message.view, world.now)
         return data
