@@ -10,6 +10,7 @@ counts the reason before closing), or poll a condition with ``trio.sleep(0)``.
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import secrets
 import socket
@@ -714,3 +715,19 @@ async def test_graceful_shutdown_finishes_within_its_deadline_with_a_peer_that_n
             assert link.closed
             await member1.stream.aclose()
             await fake_member.aclose()
+
+
+def test_refusal_warnings_are_rate_limited_but_all_counted(caplog):
+    from bftdeliberate.net.handshake import HandshakeRefused
+    from bftdeliberate.net.transport import LOG_BURST
+
+    transport = Transport(COMMITTEE, 0, GENESIS.member_keys[0])
+
+    async def flood() -> None:
+        for _ in range(10 * LOG_BURST):
+            transport._refused(HandshakeRefused("malformed", "garbage"), "127.0.0.1:1")
+
+    caplog.set_level(logging.WARNING, logger="bftd.net")
+    trio.run(flood)
+    assert transport.stats.handshakes_refused["malformed"] == 10 * LOG_BURST
+    assert len([r for r in caplog.records if r.getMessage() == "handshake refused"]) == LOG_BURST

@@ -89,6 +89,9 @@ RECONNECT_MIN = 0.05
 RECONNECT_MAX = 2.0
 #: Seconds a dial attempt may take.
 CONNECT_TIMEOUT = 5.0
+#: Refusal and link-error warnings logged per reason per interval (the rest are counted).
+LOG_BURST = 10
+LOG_INTERVAL = 60.0
 #: Seconds closing one stream may take.
 CLOSE_TIMEOUT = 0.5
 #: Seconds graceful shutdown waits for queued messages to be written.
@@ -293,7 +296,7 @@ class Link:
     def _end(self, reason: str, detail: str | None = None) -> None:
         if self._close_reason is None:
             self._close_reason = reason
-            if detail is not None:
+            if detail is not None and self.transport._may_log(reason):
                 logger.warning("closing link", extra={"fields": {
                     "peer": str(self.remote), "reason": reason, "detail": detail}})
         self._cancel.cancel()
@@ -344,6 +347,7 @@ class Transport:
         self._send_links: dict[Identity, Link] = {}
         self._links: dict[Identity, list[Link]] = {}
         self._pending_handshakes = 0
+        self._log_window: dict[str, tuple[float, int]] = {}
         #: Links with unread frames, in arrival order (the consumer's round robin).
         self.ready: OrderedDict[Link, None] = OrderedDict()
         #: Links with newly queued frames, written by the next flush().
@@ -500,8 +504,20 @@ class Transport:
 
     def _refused(self, error: HandshakeRefused, peer: str) -> None:
         self.stats.handshakes_refused[error.reason] += 1
-        logger.warning("handshake refused", extra={"fields": {
-            "peer": peer, "reason": error.reason, "detail": error.detail}})
+        if self._may_log(error.reason):
+            logger.warning("handshake refused", extra={"fields": {
+                "peer": peer, "reason": error.reason, "detail": error.detail,
+                "refused_so_far": self.stats.handshakes_refused[error.reason]}})
+
+    def _may_log(self, reason: str) -> bool:
+        """At most LOG_BURST warnings per reason per LOG_INTERVAL seconds: a scanner or a
+        flood of bad connections is counted in full but cannot fill the disk with logs."""
+        now = trio.current_time()
+        start, count = self._log_window.get(reason, (now, 0))
+        if now - start >= LOG_INTERVAL:
+            start, count = now, 0
+        self._log_window[reason] = (start, count + 1)
+        return count < LOG_BURST
 
     # ---------------------------------------------------------------- inbound
 
