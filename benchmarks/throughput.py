@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core import measure_verify_rate, parse_int_list, percentile
+from bftdeliberate.node import PROFILE_ENV
 from bftdeliberate.pbft.config import DEFAULT_BATCH_SIZE
 
 DEFAULT_CLIENTS = (8, 32, 100)
@@ -265,7 +266,8 @@ class _Snapshot:
     profile: list[Any] = field(default_factory=list)
 
 
-def _start_nodes(directory: Path, n: int, batch_size: int | None) -> list[_Node]:
+def _start_nodes(directory: Path, n: int, batch_size: int | None,
+                 profile: bool = False) -> list[_Node]:
     from bftdeliberate.committee import MANIFEST_FILE_NAME
 
     nodes: list[_Node] = []
@@ -278,9 +280,13 @@ def _start_nodes(directory: Path, n: int, batch_size: int | None) -> list[_Node]
         if batch_size is not None:
             argv += ["--batch-size", str(batch_size)]
         log_path = directory / f"node-{member}.log"
+        env = dict(os.environ)
+        if profile:
+            env[PROFILE_ENV] = str(directory / "cprofile")  # written as cprofile.<member>
         with open(log_path, "wb") as log:
             process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
+                                       stdin=subprocess.DEVNULL, start_new_session=True,
+                                       env=env)
         nodes.append(_Node(member, process, log_path))
     return nodes
 
@@ -400,23 +406,6 @@ def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def _start_profilers(nodes: list[_Node], directory: Path, seconds: float) -> list[Any]:
-    """py-spy on every node over the window, if py-spy is installed."""
-    py_spy = shutil.which("py-spy")
-    if py_spy is None:
-        return []
-    profilers = []
-    for node in nodes:
-        out = directory / f"profile-node-{node.member}.folded"
-        argv = [py_spy, "record", "--pid", str(node.process.pid), "--duration",
-                str(max(1, round(seconds))), "--format", "raw", "--nonblocking",
-                "--output", str(out)]
-        log = open(directory / f"py-spy-{node.member}.log", "wb")  # noqa: SIM115
-        profilers.append((subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log,
-                          out))
-    return profilers
-
-
 def run_point(directory: Path, n: int, clients: int, *, duration: float, warmup: float,
               loadgens: int, batch_size: int | None, verify_rate: float,
               profile: bool = False) -> dict[str, Any]:
@@ -428,9 +417,8 @@ def run_point(directory: Path, n: int, clients: int, *, duration: float, warmup:
     client_ids = [client.id for client in committee.clients][:clients]
     nodes: list[_Node] = []
     gens: list[_Loadgen] = []
-    profilers: list[Any] = []
     try:
-        nodes = _start_nodes(directory, n, batch_size)
+        nodes = _start_nodes(directory, n, batch_size, profile)
         _wait_nodes_up(nodes, n)
         gens = _start_loadgens(directory, client_ids, loadgens)
         _wait_loadgens_ready(gens)
@@ -439,8 +427,6 @@ def run_point(directory: Path, n: int, clients: int, *, duration: float, warmup:
         _go(gens, start, end)
         _sleep_until(start)
         before = _snapshot(nodes, gens)
-        if profile:
-            profilers = _start_profilers(nodes, directory, duration)
         _sleep_until(end)
         after = _snapshot(nodes, gens)
         for index, gen in enumerate(gens):
@@ -465,54 +451,62 @@ def run_point(directory: Path, n: int, clients: int, *, duration: float, warmup:
                 gen.process.kill()
                 gen.process.wait()
         exit_codes = _stop([node.process for node in nodes])
-        for process, log, _out in profilers:
-            _wait_process(process, 10.0)
-            log.close()
     outputs = [json.loads(gen.out_path.read_text()) for gen in gens]
     report = _point_report(n, clients, duration, warmup, batch_size, verify_rate, before, after,
                            final, outputs, [gen.process.returncode for gen in gens])
     report["node_exit_codes"] = exit_codes
     if profile:
-        report["profiles"] = ({str(out): summarise_profile(out) for _p, _l, out in profilers}
-                              if profilers else "skipped: py-spy is not installed")
+        report["profiles"] = {str(node.member): summarise_profile(
+            directory / f"cprofile.{node.member}") for node in nodes}
     return report
 
 
 #: Functions listed per profile summary.
-PROFILE_TOP = 25
+PROFILE_TOP = 15
+#: Where a node's time goes, by the function cProfile charges it to (first match wins).
+PROFILE_CATEGORIES = (
+    ("idle (waiting in epoll)", lambda file, fn: "'poll' of 'select.epoll'" in fn),
+    ("fsync", lambda file, fn: fn == "<built-in method posix.fsync>"),
+    ("ed25519 verify", lambda file, fn: "crypto_sign_open" in fn),
+    ("ed25519 sign", lambda file, fn: fn == "<built-in method _sodium.crypto_sign>"),
+    ("write syscalls (sockets, log)", lambda file, fn: fn == "<built-in method posix.write>"),
+    ("socket send/recv", lambda file, fn: "'recv' of" in fn or "'send' of" in fn),
+    ("cbor codec", lambda file, fn: "cbor" in file or "cbor2" in fn),
+    ("pydantic validation", lambda file, fn: "pydantic" in file or "pydantic" in fn),
+    ("trio scheduler and io", lambda file, fn: "/trio/" in file or "outcome" in file),
+    ("pbft core (replica, replies, messages, kv)",
+     lambda file, fn: any(part in file for part in ("pbft/", "kv.py", "messages.py",
+                                                    "crypto.py"))),
+    ("peer, transport, storage", lambda file, fn: any(part in file for part in (
+        "peer.py", "net/", "storage.py", "framing.py"))),
+)
 
 
 def summarise_profile(path: Path, top: int = PROFILE_TOP) -> dict[str, Any]:
-    """Where a node's time went, from py-spy's folded stacks: the share of samples whose
-    innermost frame is each function (self), and the share that pass through it (total)."""
+    """A node's cProfile (``BFTD_PROFILE``; the whole run, start-up included) as shares of
+    its wall time by category, and the functions with the most own time. cProfile slows
+    Python code down, so Python-level shares are inflated next to C calls and waiting."""
+    import pstats
+
     try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return {"error": f"no profile at {path}"}
-    total = 0
-    own: dict[str, int] = {}
-    through: dict[str, int] = {}
-    for line in lines:
-        stack, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [frame.split(" (")[0] + " " + frame.rsplit("/", 1)[-1].split(":")[0]
-                  for frame in stack.split(";")[1:]]  # first frame: the process/thread
-        if not frames:
-            continue
-        total += count
-        own[frames[-1]] = own.get(frames[-1], 0) + count
-        for frame in set(frames):
-            through[frame] = through.get(frame, 0) + count
-    if not total:
-        return {"samples": 0}
-
-    def ranked(table: dict[str, int]) -> list[list[Any]]:
-        best = sorted(table.items(), key=lambda item: -item[1])[:top]
-        return [[name, round(count / total, 3)] for name, count in best]
-
-    return {"samples": total, "self": ranked(own), "total": ranked(through)}
+        stats = pstats.Stats(str(path)).stats  # type: ignore[attr-defined]
+    except (OSError, TypeError, ValueError) as error:
+        return {"error": f"no profile at {path}: {error}"}
+    total = sum(entry[2] for entry in stats.values()) or 1.0
+    categories: dict[str, float] = {}
+    functions: list[tuple[float, str]] = []
+    for (file, line, function), (_cc, _nc, own, _cum, _callers) in stats.items():
+        name = next((label for label, match in PROFILE_CATEGORIES if match(file, function)),
+                    "other")
+        categories[name] = categories.get(name, 0.0) + own
+        functions.append((own, f"{function} ({Path(file).name}:{line})"))
+    functions.sort(reverse=True)
+    return {
+        "wall_seconds": round(total, 2),
+        "share_by_category": {name: round(value / total, 3) for name, value in
+                              sorted(categories.items(), key=lambda item: -item[1])},
+        "top_own_time": [[name, round(own / total, 3)] for own, name in functions[:top]],
+    }
 
 
 def _point_report(n: int, clients: int, duration: float, warmup: float,

@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_tp.add_argument("--batch-size", type=_positive, default=None,
                           help="the nodes' requests per PRE-PREPARE (default 100)")
     bench_tp.add_argument("--profile", action="store_true",
-                          help="py-spy every node over the window (skipped if not installed)")
+                          help="cProfile every node; the JSON says where each one's time went")
     bench_tp.add_argument("--keep", action="store_true",
                           help="keep the keystores, data and logs (kept anyway on failure)")
     bench_tp.add_argument("--json", action="store_true", help="print the report as JSON")

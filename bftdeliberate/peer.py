@@ -125,7 +125,7 @@ class PeerConfig:
     member_id: int
     key: PrivateKey
     app: StateMachine | None = None
-    data_dir: Path | None = None
+    data_dir: Path | str | None = None
     replica_config: ReplicaConfig = field(default_factory=ReplicaConfig)
     listen: tuple[str, int] | None = None
     listeners: Sequence[trio.abc.Listener[Any]] | None = None
@@ -192,12 +192,13 @@ class Peer:
             return _MemoryDisk()
         from bftdeliberate.storage import ReplicaDisk
 
+        data_dir = Path(config.data_dir)
         try:
-            config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as error:
-            raise ConfigError(f"{config.data_dir}: cannot create the data directory "
+            raise ConfigError(f"{data_dir}: cannot create the data directory "
                               f"({error.strerror})") from None
-        return ReplicaDisk.open(config.data_dir / LOG_FILE_NAME.format(member=config.member_id))
+        return ReplicaDisk.open(data_dir / LOG_FILE_NAME.format(member=config.member_id))
 
     def _restore(self) -> None:
         records = self.disk.records()

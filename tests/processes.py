@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -15,9 +12,8 @@ from pathlib import Path
 
 import trio
 
-#: Ports tried when looking for a free consecutive range (loopback only).
-PORT_RANGE = (20_000, 60_000)
-PORT_ATTEMPTS = 200
+from benchmarks.throughput import free_base_port
+
 #: Largest metrics response read.
 MAX_METRICS_RESPONSE = 1024 * 1024
 
@@ -28,24 +24,10 @@ def bftd_argv() -> list[str]:
     return [script] if script else [sys.executable, "-m", "bftdeliberate.cli"]
 
 
-def free_port_range(count: int, rng: random.Random | None = None) -> int:
-    """A base port such that base..base+count-1 can all be bound on 127.0.0.1 right now."""
-    rng = rng or random.Random(os.getpid())
-    for _ in range(PORT_ATTEMPTS):
-        base = rng.randrange(PORT_RANGE[0], PORT_RANGE[1] - count)
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError("no free port range on 127.0.0.1")
+def free_port_range(count: int) -> int:
+    """A base port such that base..base+count-1 are free on 127.0.0.1 now, below the
+    ephemeral range (the benchmark's helper)."""
+    return free_base_port(count)
 
 
 @dataclass
