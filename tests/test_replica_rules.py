@@ -303,3 +303,26 @@ def test_stalled_replica_sends_status_and_a_peer_ahead_resends_what_it_lacks(gen
     assert primary.stats.dropped["status-rate-limited"] == 1
     # With the primary's pre-prepare the backup prepares; the stall is over.
     assert broadcasts(backup.receive(0, answer[0].message.raw, NOW + 1), "prepare")
+
+
+def test_batches_are_cut_by_bytes_so_large_operations_never_make_an_unsendable_proposal():
+    # 120 requests of ~60 KB from 30 clients: 100 of them would make a 6 MB PRE-PREPARE.
+    from bftdeliberate.wire.limits import MAX_BATCH_BYTES, MAX_MESSAGE_SIZE
+
+    g = make_genesis(4, clients=30)
+    primary = g.replica(0, ReplicaConfig(batch_delay=1.0, max_in_flight_batches=8))
+    now = 1000.0
+    effects = []
+    for client in range(30):
+        for timestamp in range(1, 5):
+            request = g.sign(Request(client=f"client-{client}", timestamp=timestamp,
+                                     operation=b"x" * 60_000), f"client-{client}")
+            effects += primary.receive(f"client-{client}", request.raw, now)
+    effects += primary.handle_timer(now + 2)
+    by_seq = {e.message.message.seq: e.message for e in effects
+              if isinstance(e, Broadcast) and e.message.type == "pre-prepare"}
+    proposals = list(by_seq.values())
+    assert sum(len(p.message.batch) for p in proposals) == 120
+    assert len(proposals) >= 3
+    assert all(sum(map(len, p.message.batch)) <= MAX_BATCH_BYTES for p in proposals)
+    assert all(len(p.raw) <= MAX_MESSAGE_SIZE for p in proposals)

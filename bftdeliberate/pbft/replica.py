@@ -66,6 +66,7 @@ from bftdeliberate.pbft.viewchange import (
     plan_new_view,
 )
 from bftdeliberate.wire import cbor
+from bftdeliberate.wire.limits import MAX_BATCH_BYTES
 from bftdeliberate.wire.messages import (
     Checkpoint,
     Commit,
@@ -513,7 +514,12 @@ class Replica:
                 if self._batch_deadline is None:
                     self._batch_deadline = now + self.config.batch_delay
                 return effects
-            count = min(batch_size, len(self._queue))
+            count = size = 0
+            for request in self._queue:  # cut by count and by bytes (MAX_BATCH_BYTES)
+                if count == batch_size or (count and size + len(request.raw) > MAX_BATCH_BYTES):
+                    break
+                size += len(request.raw)
+                count += 1
             batch = tuple(self._queue.popleft() for _ in range(count))
             effects.extend(self._propose(batch, now))
         if not self._queue:

@@ -14,6 +14,9 @@ MAX_UINT = 2**64 - 1
 MIN_INT = -(2**64)
 #: Most client requests carried by one PRE-PREPARE.
 MAX_BATCH_SIZE = 1024
+#: Most request bytes a primary puts in one PRE-PREPARE: the rest of MAX_MESSAGE_SIZE is
+#: left for the envelope, so no batch of authorised (even maximal) requests is unsendable.
+MAX_BATCH_BYTES = 3 * 1024 * 1024
 #: Largest opaque application operation inside one REQUEST.
 MAX_OPERATION_SIZE = 64 * 1024
 #: Largest application result inside one REPLY.
