@@ -326,3 +326,30 @@ def test_batches_are_cut_by_bytes_so_large_operations_never_make_an_unsendable_p
     assert len(proposals) >= 3
     assert all(sum(map(len, p.message.batch)) <= MAX_BATCH_BYTES for p in proposals)
     assert all(len(p.raw) <= MAX_MESSAGE_SIZE for p in proposals)
+
+
+def test_a_backup_keeps_suspecting_the_primary_for_a_newer_proposed_request_of_a_client():
+    # Seen on real processes: client A's request t1 is in seq 1 and t2 in seq 2; seq 1
+    # executes, seq 2 cannot commit. The backup must still wait for t2 (and change view),
+    # not forget A once t1 executed.
+    g = make_genesis(4, clients=1)
+    backup = g.replica(1, ReplicaConfig(view_change_timeout=0.5))
+    now = 1000.0
+    timestamp_ms = int(now * 1000)
+    digests = {}
+    for seq in (1, 2):
+        request = g.sign(Request(client="client-0", timestamp=seq, operation=b"op"), "client-0")
+        digests[seq] = batch_digest(timestamp_ms, (request.raw,))
+        proposal = g.sign(PrePrepare(view=0, seq=seq, digest=digests[seq],
+                                     timestamp=timestamp_ms, replica=0, batch=(request.raw,)), 0)
+        backup.receive(0, proposal.raw, now)
+    backup.receive(2, g.sign(Prepare(view=0, seq=1, digest=digests[1], replica=2), 2).raw, now)
+    for member in (0, 2):
+        vote = g.sign(Commit(view=0, seq=1, digest=digests[1], replica=member), member)
+        backup.receive(member, vote.raw, now + 0.1)
+    assert backup.last_executed == 1
+    deadline = backup.next_deadline()
+    assert deadline is not None and deadline <= now + 0.1 + 0.5
+    effects = backup.handle_timer(now + 0.7)
+    assert "view-change" in [e.message.type for e in effects if isinstance(e, Broadcast)]
+    assert backup.view == 1 and not backup.view_active

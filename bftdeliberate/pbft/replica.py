@@ -92,6 +92,9 @@ CHECKED_VIEW_CHANGES_KEPT = 64
 #: once it is accepted (reordering would otherwise cost a retransmission round). Oldest
 #: dropped first; verified only when replayed.
 MAX_EARLY_MESSAGES = 1024
+#: Proposed-but-unexecuted requests a backup remembers per client for its request timer
+#: (the lowest timestamps; bounded because a faulty primary may propose many).
+MAX_AWAITED_PER_CLIENT = 16
 #: Result returned when the application raised: deterministic, so replicas still agree.
 APPLICATION_EXCEPTION_RESULT = cbor.encode({"ok": False, "error": "application-exception"})
 
@@ -233,10 +236,11 @@ class Replica:
         # View change. Prepared certificates survive view changes (the P set): seq -> the
         # certificate from the highest view in which this replica prepared it.
         self._prepared_certs: dict[int, PreparedProof] = {}
-        # Request timer: client -> newest request timestamp this backup waits to see
-        # executed (one entry per authorised client: bounded by the manifest).
+        # Request timer: client -> timestamp -> request this backup knows is pending (at most
+        # MAX_AWAITED_PER_CLIENT per authorised client), and derived from it the oldest one
+        # per client, which the timer waits for and a view change hands to the next primary.
+        self._awaited_known: dict[str, dict[int, SignedMessage]] = {}
         self._awaited: dict[str, int] = {}
-        # The awaited request itself (same bound): handed to the next primary on a view change.
         self._awaited_requests: dict[str, SignedMessage] = {}
         # The request timer while the view is active, the new-view timer while changing.
         self._view_timer_at: float | None = None
@@ -476,7 +480,7 @@ class Replica:
             return self._drop("stale-request", request.client, str(request.timestamp), now)
         if not relayed and not self.is_primary:
             # The client is still waiting: so is this backup's request timer.
-            self._await(signed, now)
+            self._await(signed, now, proposed=False)
         key = (request.client, request.timestamp)
         if key in self._in_flight or key in self._queued:
             return self._drop("duplicate-request", request.client, str(request.timestamp), now)
@@ -597,7 +601,7 @@ class Replica:
         slot.pre_prepare, slot.digest, slot.requests = signed, message.digest, requests
         for request in requests:
             self._in_flight.add((request.message.client, request.message.timestamp))  # type: ignore[union-attr]
-            self._await(request, now)
+            self._await(request, now, proposed=True)
         return self._send_prepare(slot, message.seq, now)
 
     def _send_prepare(self, slot: _Slot, seq: int, now: float) -> list[Effect]:
@@ -861,33 +865,57 @@ class Replica:
 
     # ------------------------------------------------------------ view change
 
-    def _await(self, request: SignedMessage, now: float) -> None:
+    def _await(self, request: SignedMessage, now: float, *, proposed: bool) -> None:
         """A backup learned of a request: start the request timer unless it runs.
 
-        It waits for each client's *oldest* unexecuted request (dropped once that or a newer
-        one executes): a client that sends backups more requests than the primary queues
-        (``max_queued_per_client``) must not make them wait for one the primary rightly
-        dropped -- that would let one client force view changes."""
+        It waits for each client's *oldest* unexecuted request. Every request a primary
+        proposed is remembered (it must execute; once an older one of the same client
+        executes, the next becomes the awaited one -- otherwise a backup that executed the
+        older stops suspecting a primary that stalls the newer). A request a client sent
+        directly counts only if none of that client is pending: a client that sends backups
+        more requests than the primary queues (``max_queued_per_client``) must not make them
+        wait for one the primary rightly dropped -- that would let one client force view
+        changes."""
         client, timestamp = request.message.client, request.message.timestamp  # type: ignore[union-attr]
         record = self._clients.get(client)
         if record is not None and record.timestamp >= timestamp:
             return
-        if client not in self._awaited:
-            self._awaited[client] = timestamp
-            self._awaited_requests[client] = request
+        known = self._awaited_known.get(client)
+        if known is None:
+            known = self._awaited_known[client] = {}
+        elif not proposed or timestamp in known:
+            known = None
+        if known is not None:
+            known[timestamp] = request
+            if len(known) > MAX_AWAITED_PER_CLIENT:
+                del known[max(known)]
+            oldest = min(known)
+            self._awaited[client] = oldest
+            self._awaited_requests[client] = known[oldest]
         if self._view_timer_at is None and self.view_active and not self.is_primary:
             self._view_timer_at = now + self._view_timeout
+
+    def _prune_awaited(self) -> None:
+        """Forget awaited requests that executed (or that a newer one of the client did)."""
+        clients = self._clients
+        pruned: dict[str, dict[int, SignedMessage]] = {}
+        for client, known in self._awaited_known.items():
+            record = clients.get(client)
+            if record is not None:
+                known = {ts: r for ts, r in known.items() if ts > record.timestamp}
+            if known:
+                pruned[client] = known
+        self._awaited_known = pruned
+        self._awaited = {client: min(known) for client, known in pruned.items()}
+        self._awaited_requests = {client: known[self._awaited[client]]
+                                  for client, known in pruned.items()}
 
     def _executed_requests(self, now: float) -> None:
         """Progress: the timeout is back to T; the timer restarts if requests still wait."""
         self._changed_without_progress = False
         self._view_timeout = self.config.view_change_timeout
-        clients = self._clients
-        if self._awaited:
-            self._awaited = {client: ts for client, ts in self._awaited.items()
-                             if client not in clients or clients[client].timestamp < ts}
-            self._awaited_requests = {client: self._awaited_requests[client]
-                                      for client in self._awaited}
+        if self._awaited_known:
+            self._prune_awaited()
         waiting = self._awaited and self.view_active and not self.is_primary
         self._view_timer_at = now + self._view_timeout if waiting else None
 
@@ -1100,7 +1128,7 @@ class Replica:
             else:
                 for request in batch:
                     self._in_flight.add((request.message.client, request.message.timestamp))  # type: ignore[union-attr]
-                    self._await(request, now)
+                    self._await(request, now, proposed=True)
             if not self.is_primary:
                 effects += self._send_prepare(slot, seq, now)
         if self.is_primary:
@@ -1467,10 +1495,8 @@ class Replica:
         self._own_checkpoints = {seq: (digest, snapshot, encoded_table)}
         self._in_flight = {(client, ts) for client, ts in self._in_flight
                            if client not in clients or ts > clients[client].timestamp}
-        self._awaited = {client: ts for client, ts in self._awaited.items()
-                         if client not in clients or ts > clients[client].timestamp}
+        self._prune_awaited()
         self._next_seq = max(self._next_seq, seq + 1)
-        self._awaited_requests = {client: self._awaited_requests[client] for client in self._awaited}
         self.stats.state_transfers += 1
         effects = self._make_stable(seq, digest, proof, now)
         if self.id not in {vote.message.replica for vote in proof}:  # type: ignore[union-attr]
