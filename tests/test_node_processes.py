@@ -8,6 +8,7 @@ are behind the others' garbage-collected log and can only catch up by state tran
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 from pathlib import Path
 
@@ -114,7 +115,7 @@ async def test_four_processes_survive_kill9_of_backup_and_primary_and_converge(c
             schedule = [(KILL_BACKUP_AT, "kill-backup"), (RESTART_BACKUP_AT, "restart-backup"),
                         (KILL_PRIMARY_AT, "kill-primary"),
                         (RESTART_PRIMARY_AT, "restart-primary"), (OPERATIONS + 1, "")]
-            for (at, action), (next_at, _) in zip(schedule, schedule[1:]):
+            for (at, action), (next_at, _) in itertools.pairwise(schedule):
                 while completed < at:
                     await progress.park()
                 if action == "kill-backup":
