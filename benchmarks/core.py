@@ -103,8 +103,11 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
 def run_one(n: int, batch: int, requests: int, backend_name: str | None, seed: int,
             verify_rate: float) -> dict[str, Any]:
     requests = max(batch, requests - requests % batch)  # whole batches only
+    # Cost per op at a fixed batch size: no in-flight cap (it sizes batches adaptively in a
+    # live peer and would cut batches smaller than ``batch`` here).
     config = ReplicaConfig(batch_size=batch, batch_delay=0.001,
-                           checkpoint_interval=CHECKPOINT_INTERVAL, log_window=LOG_WINDOW)
+                           checkpoint_interval=CHECKPOINT_INTERVAL, log_window=LOG_WINDOW,
+                           max_in_flight_batches=LOG_WINDOW)
     clients = max(1, CLIENTS_PER_BATCH * batch)
     cluster = World(n, seed=seed, clients=clients, config=config,
                     network=NetworkProfile(delay_ms=(0.0, 0.0)),
