@@ -144,6 +144,7 @@ class PeerStats:
     frames: int = 0
     evidence: Counter[str] = field(default_factory=Counter)
     oversized_outgoing: int = 0
+    core_errors: int = 0
 
 
 class Peer:
@@ -277,12 +278,19 @@ class Peer:
                     if isinstance(effect, Broadcast):
                         effects += [Send(member, effect.message) for member in targets]
             deadline = replica.next_deadline()
-            if deadline is not None and now >= deadline:
-                effects += replica.handle_timer(now)
             frames = transport.take_turn(MAX_FRAMES_PER_STEP)
-            receive = replica.receive
-            for sender, frame in frames:
-                effects += receive(sender, frame, now)
+            try:
+                if deadline is not None and now >= deadline:
+                    effects += replica.handle_timer(now)
+                receive = replica.receive
+                for sender, frame in frames:
+                    effects += receive(sender, frame, now)
+            except LocalError as error:
+                # A limit the core cannot honour (a VIEW-CHANGE over MAX_MESSAGE_SIZE): the
+                # step's remaining input is lost, the member stays up and says why.
+                self.stats.core_errors += 1
+                logger.error("core error", extra={"fields": self._position() | {
+                    "detail": str(error)}})
             self.stats.steps += 1
             self.stats.frames += len(frames)
             if effects:
@@ -422,6 +430,7 @@ class Peer:
             "fsyncs": getattr(self.disk, "fsyncs", 0),
             "log_bytes": getattr(self.disk, "size_bytes", 0),
             "evidence": dict(self.stats.evidence),
+            "core_errors": self.stats.core_errors,
         }
 
 

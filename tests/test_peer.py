@@ -133,3 +133,32 @@ async def test_embedded_committee_commits_and_a_member_restarts_from_its_data_di
                 await again.wait_executed(21)
                 await peers[0].wait_executed(21)
                 assert again.state_digest() == peers[0].state_digest()
+
+
+async def test_a_core_error_is_counted_and_logged_and_the_member_stays_up(tmp_path):
+    from bftdeliberate.errors import LocalError
+
+    listeners = await _listeners(4)
+    addresses = {i: ("127.0.0.1", lst.socket.getsockname()[1]) for i, lst in enumerate(listeners)}
+    with trio.fail_after(30):
+        async with AsyncExitStack() as stack:
+            peers = [await stack.enter_async_context(open_peer(PeerConfig(
+                GENESIS.committee, m, GENESIS.member_keys[m], listeners=[listeners[m]],
+                addresses=addresses))) for m in range(4)]
+            backup = peers[1]
+            real_receive = backup.replica.receive
+            failures = []
+
+            def receive_failing_once(sender, data, now):
+                if not failures:
+                    failures.append(sender)
+                    raise LocalError("message of 5000000 bytes exceeds MAX_MESSAGE_SIZE")
+                return real_receive(sender, data, now)
+
+            backup.replica.receive = receive_failing_once  # type: ignore[method-assign]
+            async with open_client(GENESIS.committee, "client-0", GENESIS.client_keys["client-0"],
+                                   addresses=addresses) as client:
+                for index in range(5):
+                    await client.call(kv.put(f"k{index}", b"v"))
+            await backup.wait_executed(peers[0].replica.last_executed)
+            assert failures and backup.snapshot()["core_errors"] == 1
