@@ -183,7 +183,11 @@ class Peer:
         self._volatile = isinstance(self.disk, _MemoryDisk)
         self._logged_view = (0, True)
         self._flush_needed = trio.lowlevel.ParkingLot()
-        self._restore()
+        try:
+            self._restore()
+        except BaseException:
+            self.disk.close()  # release the log's lock: the caller may retry
+            raise
 
     # ------------------------------------------------------------------ set-up
 
