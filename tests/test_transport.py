@@ -481,16 +481,38 @@ async def test_silent_connections_time_out_and_pending_handshakes_are_bounded(au
                 near, far = trio.testing.memory_stream_pair()
                 silent.append(RawPeer(near))
                 nursery.start_soon(transport.handle_inbound, far)
-                if len(silent) < 3:
-                    await silent[-1].read_frame()  # the node's HELLO: its handshake began
-            await silent[2].until_closed()  # the third: refused without a handshake
+                await silent[-1].read_frame()  # the node's HELLO: its handshake began
+            await silent[0].until_closed()  # the oldest gave way to the third at once
             assert trio.current_time() == start
-            assert refusals_of(transport) == {"too-many-pending": 1}
-            await silent[0].until_closed()
+            assert refusals_of(transport) == {"evicted": 1}
+            assert transport.pending_handshakes == 2
             await silent[1].until_closed()
+            await silent[2].until_closed()
             assert trio.current_time() - start == pytest.approx(3.0)
-            assert refusals_of(transport) == {"too-many-pending": 1, "timeout": 2}
-            assert transport._pending_handshakes == 0
+            assert refusals_of(transport) == {"evicted": 1, "timeout": 2}
+            assert transport.pending_handshakes == 0
+
+
+async def test_silent_connections_cannot_keep_a_member_out(autojump_clock):
+    # More idle connections than the pending bound, then a member dials in: it
+    # authenticates at once (each new connection evicts the oldest idle one).
+    limits = TransportLimits(max_pending_handshakes=4, handshake_timeout=60.0)
+    transport = Transport(COMMITTEE, 0, GENESIS.member_keys[0], limits=limits)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                near, far = trio.testing.memory_stream_pair()
+                nursery.start_soon(transport.handle_inbound, far)
+                await RawPeer(near).read_frame()
+            near, far = trio.testing.memory_stream_pair()
+            nursery.start_soon(transport.handle_inbound, far)
+            member = RawPeer(near)
+            await member.handshake(1, GENESIS.member_keys[1])
+            while transport.link_count < 1:
+                await trio.testing.wait_all_tasks_blocked()
+            assert trio.current_time() < 1.0
+            assert refusals_of(transport)["evicted"] == 7
+            nursery.cancel_scope.cancel()
 
 
 def refusals_of(transport: Transport) -> dict[str, int]:

@@ -24,8 +24,9 @@ Bounds (``TransportLimits``, each a named default below):
 * Receive inbox per link, in frames and bytes. A full inbox stops reading that link (TCP
   pushes back on that peer alone); the consumer drains inboxes round robin, at most
   ``FRAMES_PER_TURN`` frames per link per turn, so one noisy peer cannot starve the others.
-* Connections: at most ``max_pending_handshakes`` unauthenticated ones at once and
-  ``MAX_LINKS_PER_IDENTITY`` authenticated ones per peer (the oldest is closed).
+* Connections: at most ``max_pending_handshakes`` unauthenticated ones at once (a new one
+  evicts the oldest) and ``MAX_LINKS_PER_IDENTITY`` authenticated ones per peer (the
+  oldest is closed).
 
 The transport never interprets payloads: it hands ``(link.remote, frame)`` to its consumer
 (the peer runtime), which runs the sans-IO core.
@@ -346,7 +347,8 @@ class Transport:
         #: The link each member is sent to over (ours, dialled), and each client's newest.
         self._send_links: dict[Identity, Link] = {}
         self._links: dict[Identity, list[Link]] = {}
-        self._pending_handshakes = 0
+        #: Cancel scopes of the handshakes in progress, oldest first.
+        self._pending: dict[trio.CancelScope, None] = {}
         self._log_window: dict[str, tuple[float, int]] = {}
         #: Links with unread frames, in arrival order (the consumer's round robin).
         self.ready: OrderedDict[Link, None] = OrderedDict()
@@ -420,6 +422,10 @@ class Transport:
     def send_queue_depths(self) -> dict[str, dict[str, int]]:
         return {str(remote): {"messages": link.queued_messages, "bytes": link.queued_bytes}
                 for remote, link in self._send_links.items()}
+
+    @property
+    def pending_handshakes(self) -> int:
+        return len(self._pending)
 
     @property
     def link_count(self) -> int:
@@ -522,16 +528,27 @@ class Transport:
     # ---------------------------------------------------------------- inbound
 
     async def handle_inbound(self, stream: trio.abc.Stream) -> None:
-        """Authenticate an accepted connection and run it (a ``serve_*`` handler)."""
+        """Authenticate an accepted connection and run it (a ``serve_*`` handler).
+
+        At most ``max_pending_handshakes`` run at once; a new connection beyond that evicts
+        the *oldest* pending one (refused as ``evicted``). An honest peer completes its
+        handshake in a round trip, so connections that idle until the timeout cannot hold
+        the door shut against members redialling."""
         peer = _peer_name(stream)
-        if self._pending_handshakes >= self.limits.max_pending_handshakes:
-            self.stats.handshakes_refused["too-many-pending"] += 1
-            await trio.aclose_forcefully(stream)
-            return
-        self._pending_handshakes += 1
+        pending = self._pending
+        while len(pending) >= self.limits.max_pending_handshakes:
+            oldest = next(iter(pending))
+            del pending[oldest]
+            oldest.cancel()  # that handler sees its scope cancelled: refused as evicted
+        scope = trio.CancelScope()
+        pending[scope] = None
+        evicted = False
         try:
-            with trio.move_on_after(self.limits.handshake_timeout) as timeout:
+            with scope, trio.move_on_after(self.limits.handshake_timeout) as timeout:
                 remote, leftover = await self._handshake(stream, outbound=False, expected=None)
+            if scope.cancelled_caught:
+                evicted = True
+                raise HandshakeRefused("evicted", "the oldest pending handshake gave way")
             if timeout.cancelled_caught:
                 raise HandshakeRefused("timeout", "no handshake within the timeout")
         except HandshakeRefused as error:
@@ -543,7 +560,8 @@ class Transport:
             await trio.aclose_forcefully(stream)
             return
         finally:
-            self._pending_handshakes -= 1
+            if not evicted:
+                pending.pop(scope, None)
         await self._run_link(Link(self, stream, remote, outbound=False, leftover=leftover))
 
     async def serve(self, listeners: Sequence[trio.abc.Listener[trio.abc.Stream]]) -> None:
