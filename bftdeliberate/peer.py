@@ -66,6 +66,8 @@ LOG_FILE_NAME = "replica-{member}.log"
 MAX_EVIDENCE_KEPT = 256
 #: A client waits this long on start for links to every member before its first request.
 CLIENT_CONNECT_WAIT = 2.0
+#: ... of which at most this long for the last f members once n-f are linked.
+CLIENT_STRAGGLER_GRACE = 0.2
 #: Default seconds a client call waits for f+1 matching replies.
 DEFAULT_CALL_TIMEOUT = 30.0
 
@@ -562,15 +564,22 @@ async def open_client(committee: Committee, client_id: str, key: PrivateKey, *,
                       ) -> AsyncIterator[CommitteeClient]:
     """A client connected to every member (redialled as needed) until the block exits.
 
-    Waits up to ``connect_wait`` seconds for all links first, so that the first request
-    does not have to wait for a retransmission timeout.
+    Waits up to ``connect_wait`` seconds for links first (for the last f members at most
+    ``CLIENT_STRAGGLER_GRACE`` once n-f are linked), so that the first request does not
+    have to wait for a retransmission timeout.
     """
     client = CommitteeClient(committee, client_id, key, verifier=verifier, clock=clock,
                              limits=limits, addresses=addresses, dialer=dialer)
     async with trio.open_nursery() as nursery:
         await nursery.start(client.transport.run_dialers, range(committee.n))
         nursery.start_soon(client._run)
-        await client.wait_connected(committee.n, connect_wait)
+        # Everyone, but no longer than a short grace once a quorum is linked: one member
+        # that is down must not delay every client's start by the whole wait.
+        start = trio.current_time()
+        await client.wait_connected(committee.n - committee.f, connect_wait)
+        remaining = connect_wait - (trio.current_time() - start)
+        await client.wait_connected(committee.n, max(0.0, min(remaining,
+                                                              CLIENT_STRAGGLER_GRACE)))
         try:
             yield client
         finally:
