@@ -158,6 +158,9 @@ EXAMPLES = {
                  "  bftd sim sweep --scenarios all --n 4,7 --seeds 500 --jobs 2\n"
                  "  bftd sim sweep --scenarios chaos --seed-range 1000:2000 --json",
     "sim schema": "examples:\n  bftd sim schema > scenario-v1.schema.json",
+    "proposal validate": "examples:\n  bftd proposal validate proposal.json\n"
+                         "  bftd proposal validate tests/fixtures/proposal-seed.json --json",
+    "schema": "examples:\n  bftd schema --out schemas\n  bftd schema --out /tmp/bftd-schemas",
     "bench sim": "examples:\n  bftd bench sim\n"
                  "  bftd bench sim --scenario chaos --n 4 --requests 50 --seconds 20 --jobs 2 "
                  "--json",
@@ -364,6 +367,20 @@ def build_parser() -> argparse.ArgumentParser:
     sim_schema = _command(sim, "schema", "print the JSON Schema of scenario spec v1",
                           EXAMPLES["sim schema"])
     sim_schema.set_defaults(handler=cmd_sim_schema)
+
+    proposal = _group(_command(commands, "proposal", "proposal.json: the deliberation output"),
+                      "proposal_command", "ACTION")
+    validate = _command(proposal, "validate", "check a proposal.json against its schema",
+                        EXAMPLES["proposal validate"])
+    validate.add_argument("file", metavar="FILE", type=Path, help="a proposal.json file")
+    validate.add_argument("--json", action="store_true", help="print the summary as JSON")
+    validate.set_defaults(handler=cmd_proposal_validate)
+    schema = _command(commands, "schema", "write the published JSON Schemas into a folder",
+                      EXAMPLES["schema"])
+    schema.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="folder for proposal.schema.json and scenario.schema.json (created "
+                             "if missing; existing schema files are replaced)")
+    schema.set_defaults(handler=cmd_schema)
     return parser
 
 
@@ -709,6 +726,50 @@ def cmd_sim_schema(args: argparse.Namespace, console: Console) -> int:
     from simulator.spec import scenario_json_schema
 
     print(json.dumps(scenario_json_schema(), indent=2))
+    return EXIT_OK
+
+
+def cmd_proposal_validate(args: argparse.Namespace, console: Console) -> int:
+    from bftdeliberate.files import load_proposal
+
+    proposal = load_proposal(args.file)
+    decision = proposal.decision
+    summary = {
+        "file": str(args.file), "valid": True, "version": proposal.version,
+        "proposal_id": proposal.proposal_id, "task_id": proposal.task_id,
+        "steps": len(proposal.plan), "votes": len(proposal.votes),
+        "approvals": proposal.approvals, "rejections": proposal.rejections,
+        "decision": {"threshold": decision.threshold, "result": decision.result},
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return EXIT_OK
+    console.print(f"{args.file}: valid proposal {proposal.proposal_id} (task {proposal.task_id}): "
+                  f"{len(proposal.plan)} steps, {len(proposal.votes)} votes ({proposal.approvals} "
+                  f"approve, {proposal.rejections} reject), decision {decision.result} at "
+                  f"threshold {decision.threshold}", markup=False, highlight=False,
+                  soft_wrap=True)
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace, console: Console) -> int:
+    from bftdeliberate.deliberation.proposal import proposal_schema
+    from simulator.spec import scenario_json_schema
+
+    # Generated files: written again (replaced) on every run.
+    schemas = {"proposal.schema.json": proposal_schema,
+               "scenario.schema.json": scenario_json_schema}
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, schema in schemas.items():
+            path = out / name
+            path.write_text(json.dumps(schema(), indent=2) + "\n", encoding="utf-8")
+            console.print(str(path), markup=False, highlight=False, soft_wrap=True)
+    except OSError as error:
+        raise ConfigError(f"{error.filename or out}: cannot write ({error.strerror})") from None
     return EXIT_OK
 
 

@@ -35,6 +35,7 @@ from bftdeliberate.crypto import (
     write_private_key,
 )
 from bftdeliberate.errors import ConfigError, LocalError
+from bftdeliberate.files import read_text
 from bftdeliberate.wire import cbor
 from bftdeliberate.wire.limits import MAX_ID_LENGTH
 
@@ -309,23 +310,7 @@ def _one_line(error: ValidationError) -> str:
 def load_committee(path: str | os.PathLike[str]) -> Committee:
     """Read and validate a manifest; any problem is a one-line ConfigError ``"PATH: ..."``."""
     source = os.fspath(path)
-    try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_MANIFEST_SIZE + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{source}: is a directory, not a committee manifest") from None
-    except PermissionError:
-        raise ConfigError(f"{source}: not readable (permission denied)") from None
-    except OSError as error:
-        raise ConfigError(f"{source}: cannot read ({error.strerror})") from None
-    if len(data) > MAX_MANIFEST_SIZE:
-        raise ConfigError(f"{source}: larger than {MAX_MANIFEST_SIZE} bytes")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{source}: not UTF-8 text") from None
+    text = read_text(path, max_size=MAX_MANIFEST_SIZE, kind="a committee manifest")
     try:
         return Committee.model_validate_json(text)
     except ValidationError as error:
