@@ -237,11 +237,9 @@ class Replica:
         # certificate from the highest view in which this replica prepared it.
         self._prepared_certs: dict[int, PreparedProof] = {}
         # Request timer: client -> timestamp -> request this backup knows is pending (at most
-        # MAX_AWAITED_PER_CLIENT per authorised client), and derived from it the oldest one
-        # per client, which the timer waits for and a view change hands to the next primary.
+        # MAX_AWAITED_PER_CLIENT per authorised client). The timer waits for the oldest per
+        # client, and a view change hands those to the next primary (_oldest_awaited).
         self._awaited_known: dict[str, dict[int, SignedMessage]] = {}
-        self._awaited: dict[str, int] = {}
-        self._awaited_requests: dict[str, SignedMessage] = {}
         # The request timer while the view is active, the new-view timer while changing.
         self._view_timer_at: float | None = None
         self._view_timeout = self.config.view_change_timeout
@@ -882,16 +880,11 @@ class Replica:
             return
         known = self._awaited_known.get(client)
         if known is None:
-            known = self._awaited_known[client] = {}
-        elif not proposed or timestamp in known:
-            known = None
-        if known is not None:
+            self._awaited_known[client] = {timestamp: request}
+        elif proposed:
             known[timestamp] = request
             if len(known) > MAX_AWAITED_PER_CLIENT:
                 del known[max(known)]
-            oldest = min(known)
-            self._awaited[client] = oldest
-            self._awaited_requests[client] = known[oldest]
         if self._view_timer_at is None and self.view_active and not self.is_primary:
             self._view_timer_at = now + self._view_timeout
 
@@ -906,9 +899,10 @@ class Replica:
             if known:
                 pruned[client] = known
         self._awaited_known = pruned
-        self._awaited = {client: min(known) for client, known in pruned.items()}
-        self._awaited_requests = {client: known[self._awaited[client]]
-                                  for client, known in pruned.items()}
+
+    def _oldest_awaited(self) -> dict[str, SignedMessage]:
+        """Each client's oldest pending request this backup knows of."""
+        return {client: known[min(known)] for client, known in self._awaited_known.items()}
 
     def _executed_requests(self, now: float) -> None:
         """Progress: the timeout is back to T; the timer restarts if requests still wait."""
@@ -916,14 +910,14 @@ class Replica:
         self._view_timeout = self.config.view_change_timeout
         if self._awaited_known:
             self._prune_awaited()
-        waiting = self._awaited and self.view_active and not self.is_primary
+        waiting = self._awaited_known and self.view_active and not self.is_primary
         self._view_timer_at = now + self._view_timeout if waiting else None
 
     def _on_view_timer(self, now: float) -> list[Effect]:
         if not self.view_active:
             # No NEW-VIEW (or no new execution) in time: on to the next view.
             return self._start_view_change(self.view + 1, now)
-        if self.is_primary or not self._awaited:
+        if self.is_primary or not self._awaited_known:
             return []
         if self._ahead_certain > self.last_executed:
             # We are behind (f+1 members are past us): our lag, not the primary's fault.
@@ -1137,18 +1131,18 @@ class Replica:
                 p.message.timestamp for p in pre_prepares])  # type: ignore[union-attr]
             # Requests this replica knew of that the new view did not re-propose.
             leftovers = [r for slot in old_log.values() for r in slot.requests] + old_queue
-            for request in leftovers + list(self._awaited_requests.values()):
+            for request in leftovers + list(self._oldest_awaited().values()):
                 effects += self._requeue(request, now)
             effects += self._propose_ready(now, flush=False)
         else:
             # Hand what we still wait for to the new primary now, not at the clients' next
             # retransmission (which may come after our request timer: another view change).
-            for client, request in self._awaited_requests.items():
+            for client, request in self._oldest_awaited().items():
                 key = (client, request.message.timestamp)  # type: ignore[union-attr]
                 if key not in self._in_flight:
                     self._relayed[client] = key[1]
                     effects.append(Send(self.primary, request))
-        waiting = self._awaited and not self.is_primary
+        waiting = self._awaited_known and not self.is_primary
         self._view_timer_at = now + self._view_timeout if waiting else None
         self._progressed(now)
         early, self._early = self._early, deque(maxlen=MAX_EARLY_MESSAGES)
