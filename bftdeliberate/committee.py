@@ -62,6 +62,20 @@ _IDENTIFIER = re.compile(r"[!-~\u00a1-\U0010ffff]+")
 _ADDRESS = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(?P<port>[0-9]{1,5})")
 
 
+def parse_address(address: str) -> tuple[str, int]:
+    """``host:port`` (an IPv6 host in brackets) as (host without brackets, port); a
+    ValueError saying what is wrong otherwise."""
+    match = _ADDRESS.fullmatch(address)
+    if match is None:
+        raise ValueError(f"address {address!r} is not 'host:port'")
+    if len(match["host"]) > MAX_HOST_LENGTH:
+        raise ValueError(f"address host is longer than {MAX_HOST_LENGTH} characters")
+    port = int(match["port"])
+    if port > MAX_PORT:
+        raise ValueError(f"address port {match['port']} is not in 0..{MAX_PORT}")
+    return match["host"].strip("[]"), port
+
+
 def _check_identifier(value: str, what: str) -> str:
     if not _IDENTIFIER.fullmatch(value):
         raise ValueError(f"{what} {value!r} must be printable with no whitespace")
@@ -130,13 +144,7 @@ class Member(_ManifestModel):
     @field_validator("address")
     @classmethod
     def _address_is_host_port(cls, address: str) -> str:
-        match = _ADDRESS.fullmatch(address)
-        if match is None:
-            raise ValueError(f"address {address!r} is not 'host:port'")
-        if len(match["host"]) > MAX_HOST_LENGTH:
-            raise ValueError(f"address host is longer than {MAX_HOST_LENGTH} characters")
-        if int(match["port"]) > MAX_PORT:
-            raise ValueError(f"address port {match['port']} is not in 0..{MAX_PORT}")
+        parse_address(address)
         return address
 
     def model_post_init(self, context: Any, /) -> None:

@@ -37,3 +37,11 @@ class FrameTooLarge(DecodeError):
 
 class ProtocolViolation(RemoteError):
     """A well-formed message that breaks a protocol rule (bad signature, wrong sender...)."""
+
+
+def leaf_exceptions(error: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, as trio nurseries raise them; a
+    plain exception is its own only leaf."""
+    if not isinstance(error, BaseExceptionGroup):
+        return [error]
+    return [leaf for inner in error.exceptions for leaf in leaf_exceptions(inner)]

@@ -22,9 +22,10 @@ from bftdeliberate.committee import (
     Committee,
     init_keystore,
     load_committee,
+    parse_address,
 )
 from bftdeliberate.crypto import PrivateKey, load_private_key
-from bftdeliberate.errors import ConfigError, DecodeError, LocalError
+from bftdeliberate.errors import ConfigError, DecodeError, LocalError, leaf_exceptions
 from bftdeliberate.pbft.config import ReplicaConfig
 from bftdeliberate.wire import cbor
 
@@ -89,18 +90,11 @@ def run_trio(main: Any) -> Any:
     try:
         return trio.run(main)
     except BaseExceptionGroup as group:
-        leaves = _leaves(group)
+        leaves = leaf_exceptions(group)
         config_errors = [leaf for leaf in leaves if isinstance(leaf, ConfigError)]
         if config_errors and len(config_errors) == len(leaves):
             raise config_errors[0] from None
         raise
-
-
-def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
-    found: list[BaseException] = []
-    for error in group.exceptions:
-        found += _leaves(error) if isinstance(error, BaseExceptionGroup) else [error]
-    return found
 
 
 # ------------------------------------------------------------------- node run
@@ -118,10 +112,10 @@ def node_run(*, member: int, committee_path: Path, key_path: Path, data_dir: Pat
     config = tunables.replica_config()
     listen_address = None
     if listen is not None:
-        host, _, port = listen.rpartition(":")
-        if not host or not port.isdigit() or int(port) > 65535:
-            raise ConfigError(f"--listen {listen!r}: expected HOST:PORT")
-        listen_address = (host.strip("[]"), int(port))
+        try:
+            listen_address = parse_address(listen)
+        except ValueError:
+            raise ConfigError(f"--listen {listen!r}: expected HOST:PORT") from None
     if data_dir is None:
         data_dir = committee_path.parent / DEFAULT_DATA_DIR.format(member=member)
     logger = configure_logging(member=member, level=log_level)

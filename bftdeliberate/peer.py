@@ -33,9 +33,9 @@ from typing import Any
 
 import trio
 
-from bftdeliberate.committee import Committee
+from bftdeliberate.committee import Committee, parse_address
 from bftdeliberate.crypto import PrivateKey, Verifier
-from bftdeliberate.errors import ConfigError, LocalError
+from bftdeliberate.errors import ConfigError, LocalError, leaf_exceptions
 from bftdeliberate.kv import KeyValueStore
 from bftdeliberate.net.transport import Dialer, Link, Transport, TransportLimits
 from bftdeliberate.pbft.app import StateMachine
@@ -230,7 +230,7 @@ class Peer:
         config = self.config
         listeners = config.listeners
         if listeners is None:
-            host, port = config.listen or _split_address(
+            host, port = config.listen or parse_address(
                 self.committee.member(self.id).address)
             try:
                 listeners = await trio.open_tcp_listeners(port, host=host)
@@ -253,8 +253,8 @@ class Peer:
                     lambda task_status: serve_metrics(self.snapshot, port=config.metrics_port,
                                                       task_status=task_status))
             except (OSError, BaseExceptionGroup) as error:
-                bind_errors = [error] if isinstance(error, OSError) else [
-                    leaf for leaf in error.exceptions if isinstance(leaf, OSError)]
+                bind_errors = [leaf for leaf in leaf_exceptions(error)
+                               if isinstance(leaf, OSError)]
                 if not bind_errors:
                     raise
                 raise ConfigError(f"cannot serve metrics on 127.0.0.1:{config.metrics_port} "
@@ -438,11 +438,6 @@ class Peer:
             "evidence": dict(self.stats.evidence),
             "core_errors": self.stats.core_errors,
         }
-
-
-def _split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 @asynccontextmanager

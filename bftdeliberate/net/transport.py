@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from bftdeliberate.committee import Committee
+from bftdeliberate.committee import Committee, parse_address
 from bftdeliberate.crypto import PrivateKey, Verifier
 from bftdeliberate.errors import DecodeError, FrameTooLarge
 from bftdeliberate.net.handshake import (
@@ -573,7 +573,7 @@ class Transport:
     async def _open(self, member: int) -> trio.abc.Stream:
         if self._dialer is not None:
             return await self._dialer(member)
-        host, port = self._addresses.get(member) or _split_address(
+        host, port = self._addresses.get(member) or parse_address(
             self.committee.member(member).address)
         return await trio.open_tcp_stream(host, port)
 
@@ -633,11 +633,6 @@ class Transport:
         for links in list(self._links.values()):
             for link in list(links):
                 link.close()
-
-
-def _split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 def _peer_name(stream: trio.abc.Stream) -> str:
