@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from bftdeliberate.errors import ConfigError, KeyFileError, LocalError
+from bftdeliberate.files import read_bytes
 
 try:
     import nacl.bindings as _nacl
@@ -388,21 +389,8 @@ def load_private_key(
     Every failure is a one-line KeyFileError naming the file. The file's mode is not checked:
     protecting it is the operator's business, and :func:`write_private_key` creates it 0600.
     """
-    source = os.fspath(path)
-    try:
-        with open(path, "rb") as file:
-            data = file.read(MAX_KEY_FILE_SIZE + 1)
-    except FileNotFoundError:
-        raise KeyFileError(f"{source}: no such file") from None
-    except IsADirectoryError:
-        raise KeyFileError(f"{source}: is a directory, not a key file") from None
-    except PermissionError:
-        raise KeyFileError(f"{source}: not readable (permission denied)") from None
-    except OSError as error:
-        raise KeyFileError(f"{source}: cannot read ({error.strerror})") from None
-    if len(data) > MAX_KEY_FILE_SIZE:
-        raise KeyFileError(f"{source}: larger than {MAX_KEY_FILE_SIZE} bytes; not a key file")
-    return PrivateKey.from_pem(data, source=source, backend=backend)
+    data = read_bytes(path, max_size=MAX_KEY_FILE_SIZE, kind="a key file", error=KeyFileError)
+    return PrivateKey.from_pem(data, source=os.fspath(path), backend=backend)
 
 
 def _ssh_string(value: bytes) -> bytes:

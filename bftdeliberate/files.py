@@ -9,26 +9,34 @@ import os
 from bftdeliberate.errors import ConfigError
 
 
-def read_text(path: str | os.PathLike[str], *, max_size: int, kind: str) -> str:
-    """The file's text; at most ``max_size`` bytes. ``kind`` names what a directory is not."""
+def read_bytes(path: str | os.PathLike[str], *, max_size: int, kind: str,
+               error: type[ConfigError] = ConfigError) -> bytes:
+    """The file's bytes, at most ``max_size``; any failure is one ``error`` line naming the
+    file. ``kind`` says what the file should be ("a key file")."""
     source = os.fspath(path)
     try:
         with open(path, "rb") as file:
             data = file.read(max_size + 1)
     except FileNotFoundError:
-        raise ConfigError(f"{source}: no such file") from None
+        raise error(f"{source}: no such file") from None
     except IsADirectoryError:
-        raise ConfigError(f"{source}: is a directory, not {kind}") from None
+        raise error(f"{source}: is a directory, not {kind}") from None
     except PermissionError:
-        raise ConfigError(f"{source}: not readable (permission denied)") from None
-    except OSError as error:
-        raise ConfigError(f"{source}: cannot read ({error.strerror})") from None
+        raise error(f"{source}: not readable (permission denied)") from None
+    except OSError as exc:
+        raise error(f"{source}: cannot read ({exc.strerror})") from None
     if len(data) > max_size:
-        raise ConfigError(f"{source}: larger than {max_size} bytes")
+        raise error(f"{source}: larger than {max_size} bytes; not {kind}")
+    return data
+
+
+def read_text(path: str | os.PathLike[str], *, max_size: int, kind: str) -> str:
+    """The file's UTF-8 text (see :func:`read_bytes`)."""
+    data = read_bytes(path, max_size=max_size, kind=kind)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
-        raise ConfigError(f"{source}: not UTF-8 text") from None
+        raise ConfigError(f"{os.fspath(path)}: not UTF-8 text") from None
 
 
 def load_proposal(path: str | os.PathLike[str]):
