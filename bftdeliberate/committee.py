@@ -193,6 +193,8 @@ class Committee(_ManifestModel):
 
     _digest: bytes = PrivateAttr()
     _client_keys: dict[str, bytes] = PrivateAttr()
+    _members_by_name: dict[str, Member] = PrivateAttr()
+    _requester_keys: dict[str, bytes] = PrivateAttr()
 
     @field_validator("version")
     @classmethod
@@ -237,6 +239,10 @@ class Committee(_ManifestModel):
         for client in self.clients:
             if client.id in seen_client_ids:
                 raise ValueError(f"duplicate client id {client.id!r}")
+            if client.id in seen_names:
+                # A member signs its agent's requests under its name: a client of the same
+                # name would be able to speak as that member's agent.
+                raise ValueError(f"client id {client.id!r} is a member's name")
             seen_client_ids.add(client.id)
         # One key, one identity: a shared key would let one signer count twice in a quorum
         # or act both as a member and as a client.
@@ -253,6 +259,12 @@ class Committee(_ManifestModel):
         canonical = cbor.encode(_plain(self.model_dump(mode="python")))
         self._digest = hashlib.sha256(canonical).digest()
         self._client_keys = {client.id: client.public_key_bytes for client in self.clients}
+        self._members_by_name = {member.name: member for member in self.members}
+        # A member's agent sends requests (debate contributions, votes) under the member's
+        # name, signed with the member's key: the request type is in the signed payload, so
+        # a request never verifies as a protocol message or the reverse.
+        self._requester_keys = {**self._client_keys,
+                                **{m.name: m.public_key_bytes for m in self.members}}
 
     @property
     def n(self) -> int:
@@ -290,8 +302,17 @@ class Committee(_ManifestModel):
         return self.members[member_id].public_key_bytes
 
     def client_public_key(self, client_id: str) -> bytes | None:
-        """The client's raw public key, or None if it is not an authorised client."""
-        return self._client_keys.get(client_id)
+        """The raw public key of a request signer: an authorised client, or a member's agent
+        named by the member's name; None otherwise."""
+        return self._requester_keys.get(client_id)
+
+    def requester_keys(self) -> dict[str, bytes]:
+        """Every request signer's key by id (clients and members' agents), as a new dict."""
+        return dict(self._requester_keys)
+
+    def member_named(self, name: str) -> Member | None:
+        """The member whose agent signs requests as ``name``, or None."""
+        return self._members_by_name.get(name)
 
     def primary(self, view: int) -> int:
         """The member id of view ``view``'s primary."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from bftdeliberate.committee import (
     MANIFEST_FILE_NAME,
@@ -291,7 +292,10 @@ def test_lookups() -> None:
     committee, member_keys, client_keys = make_committee(5, clients=2, rng=random.Random(2))
     assert committee.client_public_key("client-1") == client_keys["client-1"].public_key
     assert committee.client_public_key("client-9") is None
-    assert committee.client_public_key("agent-0") is None  # members are not clients
+    # A member's agent signs requests under the member's name, with the member's key.
+    assert committee.client_public_key("agent-0") == member_keys[0].public_key
+    assert committee.member_named("agent-3") is committee.member(3)
+    assert committee.member_named("client-1") is None
     assert committee.member_public_key(4) == member_keys[4].public_key
     assert committee.member_public_key(5) is None
     assert committee.member_public_key(-1) is None
@@ -347,3 +351,11 @@ def test_init_keystore_refuses_to_run_twice_and_keeps_existing_keys(tmp_path: Pa
 def test_make_committee_without_rng_is_random() -> None:
     first, second = (make_committee(4)[0] for _ in range(2))
     assert first.digest != second.digest
+
+
+def test_a_client_may_not_take_a_members_name() -> None:
+    committee, _, _ = make_committee(4, clients=1, rng=random.Random(3))
+    data = committee.model_dump(mode="python")
+    data["clients"][0]["id"] = "agent-2"
+    with pytest.raises(ValidationError, match="is a member's name"):
+        Committee.model_validate(data)

@@ -184,7 +184,7 @@ class Replica:
         self._n = committee.n
         # Key lookups on every verification: plain dicts, built once from the manifest.
         self._member_keys = {m.id: m.public_key_bytes for m in committee.members}
-        self._client_keys = {c.id: c.public_key_bytes for c in committee.clients}
+        self._client_keys = committee.requester_keys()
 
         self.view = 0
         # False between sending VIEW-CHANGE for ``view`` and accepting its NEW-VIEW.
