@@ -7,7 +7,7 @@ proposals and this agent's remaining token budget — and turns its answer into 
 operation. Whatever a debater returns is validated by the same operation models as any other
 input; the ledger trusts none of it.
 
-``Debater`` is asynchronous because real debaters (``agents.openai.OpenAICompatibleDebater``)
+``Debater`` is asynchronous because real debaters (``agents.llm.OpenAICompatibleDebater``)
 call a model over the network. :class:`ScriptedDebater` (``deliberation.scripts``) is pure and
 deterministic, and also offers synchronous ``decide_*`` methods for the simulator.
 """
