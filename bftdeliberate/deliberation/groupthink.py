@@ -6,6 +6,8 @@ see ``../shared/reference/mad-notes.md`` section 1.7). The ledger records three 
 round closes; a flagged task needs an ``audit`` member's approval before it may enter the
 commit layer.
 
+Positions compare as :func:`normal_position` does (case and whitespace do not count).
+
 * ``blind_unanimity_thin_evidence`` — every position in the blind round 0 is the same and the
   round cites fewer distinct evidence references than it has contributors.
 * ``flip_without_evidence`` — an agent changed its position from the previous round without
@@ -28,8 +30,17 @@ Round = list[dict[str, Any]]
 MIN_UNANIMITY_CONTRIBUTORS = 2
 
 
+def normal_position(position: str) -> str:
+    """A position as compared: case- and whitespace-insensitively ("Roll back" and
+    "roll  back" are one position), as the ledger's ``positions_stable`` exit compares them."""
+    return " ".join(position.casefold().split())
+
+
 def _positions(round_: Round) -> dict[str, str]:
-    return {c["agent"]: c["position"] for c in round_ if c["position"] is not None}
+    # Normalised, so a respelling is neither a flip nor a disagreement (it was: "Ship" vs
+    # "ship" counted as a flip without evidence and hid a blind-round unanimity).
+    return {c["agent"]: normal_position(c["position"]) for c in round_
+            if c["position"] is not None}
 
 
 def _evidence(round_: Round) -> set[str]:
@@ -57,7 +68,8 @@ def signals_at_close(rounds: list[Round], closed: int) -> list[dict[str, Any]]:
         known_before |= _evidence(earlier)
     previous = _positions(rounds[closed - 1])
     for contribution in current:
-        agent, position = contribution["agent"], contribution["position"]
+        agent = contribution["agent"]
+        position = positions.get(agent)
         if position is None or agent not in previous or previous[agent] == position:
             continue
         if not set(contribution["evidence"]) - known_before:

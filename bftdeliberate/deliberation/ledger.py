@@ -21,7 +21,8 @@ Task life cycle::
 * A contribution may carry a proposal; it is revealed — and may be voted on — when its round
   closes. A proposal is approved with ``threshold`` distinct approvals from ``vote`` members,
   rejected once its rejections make that unreachable. Votes count as soon as they are ordered,
-  also during the debate (convergence: ``threshold_reached``).
+  also during the debate (convergence: ``threshold_reached``; the open round then closes, so
+  the transcript is complete).
 * The debate ends (exit reasons, checked in this order when a round closes):
   ``stop_condition`` (f+1 distinct agents raised one: at least one honest), ``positions_stable``
   (the same positions in two consecutive rounds), ``max_rounds``, ``budget_exhausted``; and at
@@ -33,6 +34,10 @@ Task life cycle::
   to what remains (the tokens were spent; the agent still gets to leave the round).
 * Roles come only from the genesis committee: ``open_task`` and ``contribute`` need
   ``propose``, ``vote`` needs ``vote``, ``resolve`` needs ``human`` (or being the task's judge).
+* Groupthink (``groupthink.py``): an approved task with signals and ``require_audit`` is not
+  ``commit_ready`` until a member with the ``audit`` role approves the decided proposal (an
+  auditor needs no ``vote`` role for that vote); a resolution by a ``human`` member clears it,
+  one by a judge without that role does not.
 
 A rejected operation is a deterministic result ``{"ok": False, "error": REASON, "detail":
 ...}``, counted per reason and kept (bounded) as evidence in the replicated state.
@@ -40,6 +45,7 @@ A rejected operation is a deterministic result ``{"ok": False, "error": REASON, 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections import Counter
@@ -47,7 +53,7 @@ from typing import Any
 
 from bftdeliberate.committee import Committee
 from bftdeliberate.deliberation.debater import ContributionView, ProposalView, TaskView
-from bftdeliberate.deliberation.groupthink import signals_at_close
+from bftdeliberate.deliberation.groupthink import normal_position, signals_at_close
 from bftdeliberate.deliberation.ops import (
     Abstain,
     CastVote,
@@ -63,7 +69,7 @@ from bftdeliberate.deliberation.proposal import Proposal
 from bftdeliberate.errors import DecodeError
 from bftdeliberate.pbft.app import ExecutionContext
 from bftdeliberate.wire import cbor
-from bftdeliberate.wire.limits import MAX_RESULT_SIZE, MAX_STATE_SIZE
+from bftdeliberate.wire.limits import MAX_RESULT_SIZE
 
 #: Tasks not yet decided at once; a full ledger refuses new tasks (bounded state and work).
 MAX_OPEN_TASKS = 64
@@ -91,8 +97,9 @@ class Rejected(Exception):
 
 
 def _normal_position(position: str) -> str:
-    # Positions compare case- and whitespace-insensitively ("Roll back" == "roll  back").
-    return " ".join(position.casefold().split())
+    # Positions compare case- and whitespace-insensitively ("Roll back" == "roll  back"); the
+    # groupthink signals use the same rule (one definition, in groupthink).
+    return normal_position(position)
 
 
 def _result(**fields: Any) -> bytes:
@@ -133,7 +140,7 @@ class Ledger:
             "tasks": self._tasks, "open": self._open,
             "rejection_counts": dict(self._rejection_counts),
             "rejection_log": self._rejection_log,
-        }, max_size=MAX_STATE_SIZE)
+        })
 
     def restore(self, snapshot: bytes) -> None:
         data = cbor.decode(snapshot, max_size=len(snapshot))
@@ -275,14 +282,18 @@ class Ledger:
         return _result(task_id=task["task_id"], round=op.round)
 
     def _vote(self, op: CastVote, agent: str, now: int) -> bytes:
-        self._need_role(agent, "vote")
+        if "audit" not in self._roles[agent]:
+            self._need_role(agent, "vote")
         task = self._task(op.task_id)
         proposal = self._proposal(task, op.proposal_id)
         if any(v["agent"] == agent for v in proposal["votes"]):
             raise Rejected("duplicate_vote", f"{agent} already voted on {op.proposal_id}")
         if self._audit_pending(task) and proposal["proposal_id"] == task["decided_proposal"]:
-            # After an approval of a flagged task only an auditor's vote still matters.
+            # After an approval of a flagged task only an auditor's vote still matters. An
+            # auditor needs no ``vote`` role for it (duties() asks every auditor to vote).
             self._need_role(agent, "audit")
+        elif "vote" not in self._roles[agent]:
+            self._need_role(agent, "vote")  # an audit-only member votes on nothing else
         elif task["state"] not in OPEN_STATES:
             raise Rejected("task_closed", f"task {task['task_id']} is {task['state']}")
         elif proposal["status"] != "open":
@@ -310,6 +321,9 @@ class Ledger:
             proposal["status"] = "approved"
             if task["state"] == "debating":
                 task["exit_reason"] = "threshold_reached"
+                # The debate ends mid-round: close that round (as the deadline does), or its
+                # contributions would stay hidden from the transcript for ever.
+                self._close_round(task, now, check_exits=False)
             self._decide(task, "approved", proposal["proposal_id"], now)
         elif rejections > len(self.voters) - task["threshold"]:
             proposal["status"] = "rejected"
@@ -320,7 +334,8 @@ class Ledger:
         task = self._task(op.task_id)
         if task["state"] != "escalated":
             raise Rejected("not_escalated", f"task {task['task_id']} is {task['state']}")
-        if "human" not in self._roles[agent] and agent != task["escalated_to"]:
+        # The judge by name; "human" in escalated_to names the role, never a member called so.
+        if "human" not in self._roles[agent] and agent != task["judge"]:
             raise Rejected("not_resolver", f"{agent} is neither the judge nor a 'human' member")
         proposal_id = None
         if op.decision == "approve":
@@ -447,8 +462,12 @@ class Ledger:
     # -- audit gate --------------------------------------------------------------------------
 
     def _audit_pending(self, task: dict[str, Any]) -> bool:
+        # A human's resolution is itself the human check; a judge is an agent (chosen by the
+        # opener), so its approval of a flagged task still needs an auditor.
+        human_resolved = (task["resolved_by"] is not None
+                          and "human" in self._roles[task["resolved_by"]])
         return (task["state"] == "approved" and task["require_audit"] and bool(task["signals"])
-                and task["resolved_by"] is None and not self._audit_approvals(task))
+                and not human_resolved and not self._audit_approvals(task))
 
     def _audit_approvals(self, task: dict[str, Any]) -> list[str]:
         for proposal in task["proposals"]:
@@ -475,7 +494,7 @@ class Ledger:
 
     @property
     def rejection_log(self) -> list[dict[str, Any]]:
-        return list(self._rejection_log)
+        return [dict(entry) for entry in self._rejection_log]  # copies: reads never alias state
 
     def decision(self, task_id: str) -> str | None:
         """``approved``, ``rejected``, ``escalated``, or None while the debate runs."""
@@ -496,10 +515,11 @@ class Ledger:
                 "round": number, "opened_ms": round_["opened_ms"],
                 "closed_ms": round_["closed_ms"],
                 "participants": [c["agent"] for c in round_["contributions"]],
-                "contributions": ([dict(c) for c in round_["contributions"]] if revealed
+                "contributions": (copy.deepcopy(round_["contributions"]) if revealed
                                   else None)})
+        # Deep copies: a caller editing the returned data must not edit the replicated state.
         proposals = [
-            {**{k: v for k, v in p.items() if k != "votes"},
+            {**copy.deepcopy({k: v for k, v in p.items() if k != "votes"}),
              "votes": [dict(v) for v in p["votes"]],
              "approvals": sorted(v["agent"] for v in p["votes"] if v["decision"] == "approve"),
              "rejections": sorted(v["agent"] for v in p["votes"] if v["decision"] == "reject")}
@@ -551,11 +571,19 @@ class Ledger:
         and the decision, validated by the proposal model."""
         task = self._tasks[task_id]
         wanted = proposal_id or task["decided_proposal"]
-        proposal = next(p for p in task["proposals"] if p["proposal_id"] == wanted)
+        proposal = next((p for p in task["proposals"] if p["proposal_id"] == wanted), None)
+        if proposal is None:
+            raise KeyError(f"task {task_id} has no proposal {wanted!r}" if wanted is not None
+                           else f"task {task_id} has no decided proposal")
         state = task["state"]
-        result = {"approved": "approved", "rejected": "rejected"}.get(
-            proposal["status"], "approved" if wanted == task["decided_proposal"]
-            and state == "approved" else "rejected" if state == "rejected" else "escalated")
+        if wanted == task["decided_proposal"] and state == "approved":
+            # Checked first: a resolver may approve a proposal the votes had rejected.
+            result = "approved"
+        elif proposal["status"] in ("approved", "rejected"):
+            result = proposal["status"]
+        else:
+            # Still open: not chosen in a decided task (rejected), undecided otherwise.
+            result = "rejected" if state in FINAL_STATES else "escalated"
         return Proposal.model_validate_json(json.dumps(
             {"proposal_id": proposal["proposal_id"], "task_id": task_id,
              "plan": proposal["plan"], "risks": proposal["risks"],
@@ -577,7 +605,8 @@ class Ledger:
             for c in round_["contributions"])
         proposals = tuple(
             ProposalView(proposal_id=p["proposal_id"], author=p["author"], round=p["round"],
-                         plan=tuple(p["plan"]), risks=tuple(p["risks"]),
+                         plan=tuple(dict(step) for step in p["plan"]),  # copies
+                         risks=tuple(p["risks"]),
                          stop_conditions=tuple(p["stop_conditions"]),
                          approvals=tuple(v["agent"] for v in p["votes"]
                                          if v["decision"] == "approve"),

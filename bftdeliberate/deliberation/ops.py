@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from bftdeliberate.deliberation.proposal import (
     ID_PATTERN,
@@ -30,6 +30,7 @@ from bftdeliberate.deliberation.proposal import (
     Id,
     PlanStep,
     Tag,
+    _unique,
     describe,
 )
 from bftdeliberate.errors import ConfigError, DecodeError
@@ -100,8 +101,22 @@ class ProposalDraft(_Op):
     assigns the proposal id (``TASK.AGENT.rROUND``), so no agent can squat another's id."""
 
     plan: tuple[PlanStep, ...] = Field(min_length=1, max_length=MAX_PLAN_STEPS)
-    risks: tuple[Tag, ...] = Field((), max_length=MAX_RISKS)
-    stop_conditions: tuple[Tag, ...] = Field((), max_length=MAX_STOP_CONDITIONS)
+    risks: tuple[Tag, ...] = Field((), max_length=MAX_RISKS,
+                                   json_schema_extra={"uniqueItems": True})
+    stop_conditions: tuple[Tag, ...] = Field((), max_length=MAX_STOP_CONDITIONS,
+                                             json_schema_extra={"uniqueItems": True})
+
+    # proposal.json refuses a risk or stop condition listed twice; so does the draft, or the
+    # ledger would accept a proposal it cannot turn into its proposal.json.
+    @field_validator("risks")
+    @classmethod
+    def _risks_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _unique(value, "risk")
+
+    @field_validator("stop_conditions")
+    @classmethod
+    def _stop_conditions_unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _unique(value, "stop condition")
 
 
 class OpenTask(_Op):
@@ -225,17 +240,34 @@ class MalformedOperation(ValueError):
     """An operation that does not parse; ``str()`` names the field."""
 
 
+def _unknown_op(fields: dict[Any, Any]) -> str:
+    known = ", ".join(_OP_NAMES)
+    if "op" not in fields:
+        return f"op: required (known: {known})"
+    return f"op: unknown operation {str(fields['op'])[:40]!r} (known: {known})"
+
+
+def _describe_op_error(error: ValidationError) -> str:
+    """The first error as ``field.path: message`` relative to the operation: pydantic puts
+    the union's tag (the ``op``) first in the location; the user's field path has no such
+    part ("round: ...", not "contribute.round: ...")."""
+    location = error.errors(include_url=False)[0]["loc"]
+    text = describe(error)
+    if location and location[0] in _OP_NAMES:
+        return text.removeprefix(f"{location[0]}.")
+    return text
+
+
 def validate_op(fields: Any) -> BaseModel:
     """A decoded value as an operation model, or MalformedOperation naming the field."""
     if type(fields) is not dict:
         raise MalformedOperation("an operation is a map")
     if fields.get("op") not in _OP_NAMES:
-        raise MalformedOperation(f"op: unknown operation {str(fields.get('op'))[:40]!r} "
-                                 f"(known: {', '.join(_OP_NAMES)})")
+        raise MalformedOperation(_unknown_op(fields))
     try:
         return _OPERATION.validate_python(_tuples(fields))
     except ValidationError as error:
-        raise MalformedOperation(describe(error).removeprefix(f"{fields['op']}.")) from None
+        raise MalformedOperation(_describe_op_error(error)) from None
 
 
 def decode_op(data: bytes) -> BaseModel:
@@ -252,7 +284,14 @@ def parse_op_json(text: str | bytes) -> BaseModel:
     try:
         model = _OPERATION.validate_json(text)
     except ValidationError as error:
-        raise ConfigError(describe(error)) from None
+        # The same wording as validate_op (the ledger's "malformed" detail) for the same
+        # mistake; pydantic's own texts for these name no field.
+        first = error.errors(include_url=False)[0]
+        if first["type"] == "dict_type" and not first["loc"]:
+            raise ConfigError("an operation is a JSON object") from None
+        if first["type"] in ("union_tag_not_found", "union_tag_invalid"):
+            raise ConfigError(_unknown_op(first["input"])) from None
+        raise ConfigError(_describe_op_error(error)) from None
     return model
 
 
@@ -262,5 +301,12 @@ _OP_NAMES = ("open_task", "contribute", "abstain", "vote", "resolve", "tick", "s
 def ops_schema() -> dict[str, Any]:
     """The JSON Schema of a ledger operation (one of the models, by ``op``)."""
     schema = _OPERATION.json_schema()
+    # ``op`` has a default in the models (``Tick()`` needs no argument) so pydantic leaves it
+    # out of "required"; on the wire it is the tag and always required (without this, ``{}``
+    # validated as a tick and ``{"question": "q"}`` as an open_task, both refused by the ledger).
+    for name in schema["$defs"]:
+        variant = schema["$defs"][name]
+        if "op" in variant.get("properties", {}):
+            variant["required"] = ["op", *variant.get("required", [])]
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": OPS_SCHEMA_ID,
             "title": "ledger operation", **schema}

@@ -187,7 +187,7 @@ class ScriptedDebater:
                 for decision in ("approve", "reject"):
                     actions.append((self.name, encode_op(CastVote(
                         task_id=task_id, proposal_id=proposal.proposal_id, decision=decision,
-                        notes="flip")))) 
+                        notes="flip"))))
         elif script.behaviour == "impersonate" and script.victim is not None:
             actions.append((script.victim, encode_op(Contribute(
                 task_id=task_id, round=round_, position="forged position",
