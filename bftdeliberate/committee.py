@@ -43,6 +43,9 @@ ROLES = frozenset({"propose", "vote", "submit", "audit", "human"})
 #: n = 3f + 1 with f >= 1.
 MIN_MEMBERS = 4
 MANIFEST_VERSION = 1
+#: Longest member name: a member's agent signs requests under its name, and the ledger's
+#: proposal ids embed it (``TASK.NAME.rROUND`` must stay within MAX_ID_LENGTH).
+MAX_MEMBER_NAME_LENGTH = 64
 MAX_PORT = 65535
 #: Longest host part of an address (a DNS name is at most 253 characters).
 MAX_HOST_LENGTH = 253
@@ -114,7 +117,7 @@ class Member(_ManifestModel):
     """One replica: id (its position), name, public key, roles and listening address."""
 
     id: int = Field(ge=0)
-    name: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    name: str = Field(min_length=1, max_length=MAX_MEMBER_NAME_LENGTH)
     public_key: str
     roles: tuple[str, ...]
     address: str

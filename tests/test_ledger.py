@@ -18,8 +18,12 @@ from pydantic import BaseModel
 
 from bftdeliberate.committee import Committee, make_committee
 from bftdeliberate.deliberation import groupthink
+from bftdeliberate.deliberation.groupthink import signals_at_close
 from bftdeliberate.deliberation.ledger import MAX_OPEN_TASKS, MAX_REJECTION_LOG, Ledger
 from bftdeliberate.deliberation.ops import (
+    MAX_ARGUMENT_LENGTH,
+    MAX_EVIDENCE_REF_LENGTH,
+    MAX_EVIDENCE_REFS,
     REJECTION_REASONS,
     Abstain,
     CastVote,
@@ -849,29 +853,59 @@ def flagged_approval(require_audit: bool = True) -> tuple[Debate, str, str]:
     return debate, task, proposal
 
 
+def audit(debate: Debate, agent: str, task: str, proposal: str,
+          decision: str = "approve") -> dict[str, Any]:
+    return debate.ok(agent, CastVote(task_id=task, proposal_id=proposal, decision=decision,
+                                     notes="evidence checked", audit=True))
+
+
 def test_a_flagged_approval_needs_an_auditor_before_commit():
     debate, task, proposal = flagged_approval()
     groupthink_status = debate.status(task)["groupthink"]
     assert groupthink_status["flagged"] and groupthink_status["signals"][0]["kind"] == \
         "blind_unanimity_thin_evidence"
     assert not debate.ledger.commit_ready(task)
-    assert debate.ledger.duties("agent-3") == [("vote", task, proposal)]
+    assert debate.ledger.duties("agent-3") == [("audit", task, proposal)]
     assert debate.ledger.duties("agent-4") == []
-    # A voter without the audit role cannot clear it; the auditor can (without `vote`).
-    debate.refused("agent-4", CastVote(task_id=task, proposal_id=proposal, decision="approve"),
+    # A voter without the audit role cannot clear it; an ordinary vote is not an audit.
+    debate.refused("agent-4", CastVote(task_id=task, proposal_id=proposal, decision="approve",
+                                       audit=True), "missing_role")
+    debate.refused("agent-3", CastVote(task_id=task, proposal_id=proposal, decision="approve"),
                    "missing_role")
-    debate.vote("agent-3", task, proposal, notes="evidence checked")
+    assert audit(debate, "agent-3", task, proposal)["commit_ready"] is True
     assert debate.ledger.commit_ready(task)
     assert debate.status(task)["groupthink"]["audit_approvals"] == ["agent-3"]
     assert debate.ledger.duties("agent-3") == []
-    debate.refused("agent-3", CastVote(task_id=task, proposal_id=proposal, decision="approve"),
-                   "duplicate_vote")
+    # Cleared: nothing is pending any more.
+    debate.refused("agent-3", CastVote(task_id=task, proposal_id=proposal, decision="approve",
+                                       audit=True), "no_audit_pending")
 
 
 def test_an_auditor_rejection_does_not_clear_the_flag():
     debate, task, proposal = flagged_approval()
-    debate.vote("agent-3", task, proposal, "reject")
+    audit(debate, "agent-3", task, proposal, "reject")
     assert not debate.ledger.commit_ready(task)
+    assert debate.status(task)["groupthink"]["audits"][0]["decision"] == "reject"
+    debate.refused("agent-3", CastVote(task_id=task, proposal_id=proposal, decision="approve",
+                                       audit=True), "duplicate_vote")
+
+
+def test_an_auditor_who_voted_in_the_debate_must_still_audit():
+    # Every member holds every role: the debate approvals by auditors are not the audit.
+    debate = Debate()
+    task = debate.open()
+    proposal = debate.contribute("agent-0", task, "ship", proposal=draft())["proposal_id"]
+    for agent in ("agent-1", "agent-2", "agent-3"):
+        debate.contribute(agent, task, "ship")
+    for agent in ("agent-0", "agent-1", "agent-2"):
+        debate.vote(agent, task, proposal)
+    assert debate.status(task)["groupthink"]["flagged"]
+    assert not debate.ledger.commit_ready(task)
+    assert debate.ledger.duties("agent-0") == [("audit", task, proposal)]
+    debate.refused("agent-0", CastVote(task_id=task, proposal_id="nope", decision="approve",
+                                       audit=True), "no_audit_pending")
+    audit(debate, "agent-0", task, proposal)
+    assert debate.ledger.commit_ready(task)
 
 
 def test_without_require_audit_a_flagged_approval_is_ready():
@@ -905,7 +939,7 @@ def test_a_judge_cannot_wave_a_flagged_proposal_past_the_audit():
     debate.ok("agent-1", Resolve(task_id=task, decision="approve", proposal_id=proposal))
     assert debate.ledger.decision(task) == "approved"
     assert not debate.ledger.commit_ready(task)
-    debate.vote("agent-3", task, proposal)
+    audit(debate, "agent-3", task, proposal)
     assert debate.ledger.commit_ready(task)
     # A human's resolution is the human check itself.
     other = Debate(members)
@@ -928,7 +962,8 @@ def test_conformist_debaters_raise_flip_signals_in_a_scripted_debate():
     task = debate.open(max_rounds=3)
     # The debaters answer every round before anyone votes (the debate ends positions_stable
     # in round 2), then vote on the revealed proposal.
-    while duties := [(d, duty) for d in debaters for duty in debate.ledger.duties(d.name)]:
+    while duties := [(d, duty) for d in debaters for duty in debate.ledger.duties(d.name)
+                     if duty[0] != "audit"]:
         debater, (kind, _, what) = min(duties, key=lambda item: item[1][0] != "contribute")
         view = debate.ledger.view_for(task, debater.name)
         if kind == "contribute":
@@ -1203,8 +1238,41 @@ def test_every_rejection_reason_can_occur():
     for agent in ("agent-0", "agent-1", "agent-2"):
         debate.contribute(agent, other)                                          # escalated
     refuse("agent-3", Resolve(task_id=other, decision="reject"))                 # not_resolver
+    refuse("agent-0", CastVote(task_id=other, proposal_id="p", decision="approve",
+                               audit=True))                                      # no_audit_pending
+    big = Debate()
+    wide = big.open()
+    for agent in big.agents:
+        big.contribute(agent, wide, "x", argument="a" * MAX_ARGUMENT_LENGTH,
+                       evidence=tuple(f"{i:03}" + "e" * (MAX_EVIDENCE_REF_LENGTH - 3)
+                                      for i in range(MAX_EVIDENCE_REFS)))
+    result = big.send("agent-0", Status(task_id=wide, round=0))
+    assert result["error"] == "result_too_large"
+    seen.add(result["error"])
+    one = big.ok("agent-0", Status(task_id=wide, round=0, agent="agent-2"))
+    assert [c["agent"] for c in one["round"]["contributions"]] == ["agent-2"]
     while debate.send("agent-0", OpenTask(question="q"))["ok"]:
         pass
     seen.add("ledger_full")
     assert debate.ledger.rejection_counts["ledger_full"] == 1
     assert seen == set(REJECTION_REASONS)
+
+
+def test_the_stored_bytes_bound_refuses_new_work_but_still_reads(monkeypatch):
+    from bftdeliberate.deliberation import ledger as ledger_module
+
+    debate = Debate()
+    task = debate.open()
+    stored = debate.ledger.snapshot()
+    monkeypatch.setattr(ledger_module, "MAX_LEDGER_BYTES", len(encode_op(OpenTask(question="q"))) * 2)
+    debate.refused("agent-0", Contribute(task_id=task, round=0, position="x" * 100,
+                                         argument="y" * 200), "ledger_full")
+    assert debate.ok("agent-0", Status(task_id=task))["task"]["task_id"] == task
+    debate.tick()
+    assert debate.ledger.snapshot() != stored  # only the rejection evidence grew
+
+
+def test_agreement_cannot_rise_from_a_round_where_everyone_abstained():
+    abstained = [{"agent": a, "position": None, "evidence": []} for a in ("a", "b", "c")]
+    agreeing = [{"agent": a, "position": "ship", "evidence": ["r1"]} for a in ("a", "b", "c")]
+    assert signals_at_close([agreeing, abstained, agreeing], 2) == []

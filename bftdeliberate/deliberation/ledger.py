@@ -75,6 +75,10 @@ from bftdeliberate.wire.limits import MAX_RESULT_SIZE
 MAX_OPEN_TASKS = 64
 #: Tasks kept in all (decided ones stay for audit and the commit layer).
 MAX_TASKS = 4096
+#: Accepted operation bytes the ledger stores in all: bounds the replicated state (and so
+#: checkpoints and state transfer, which carry all of it) whatever the agents send. Decided
+#: tasks are kept, not archived: a full ledger refuses new work until a new genesis.
+MAX_LEDGER_BYTES = 64 * 1024 * 1024
 #: Rejected operations kept as evidence (oldest dropped first); counts are never dropped.
 MAX_REJECTION_LOG = 256
 #: Characters of a rejected operation's detail kept in the evidence log.
@@ -119,6 +123,7 @@ class Ledger:
         self._tasks: dict[str, dict[str, Any]] = {}
         self._open: list[str] = []  # undecided task ids, in opening order
         self._rejection_counts: Counter[str] = Counter()
+        self._stored_bytes = 0
         self._rejection_log: list[dict[str, Any]] = []
 
     # -- StateMachine ----------------------------------------------------------------------
@@ -130,27 +135,35 @@ class Ledger:
             op = decode_op(operation)
         except MalformedOperation as error:
             return self._reject(ctx, "?", Rejected("malformed", str(error)))
+        stored = not isinstance(op, (Tick, Status))
         try:
-            return self._dispatch(op, ctx.client, now, ctx)
+            if stored and self._stored_bytes + len(operation) > MAX_LEDGER_BYTES:
+                raise Rejected("ledger_full", f"the ledger holds {self._stored_bytes} bytes of "
+                               f"operations (limit {MAX_LEDGER_BYTES})")
+            result = self._dispatch(op, ctx.client, now, ctx)
         except Rejected as rejection:
             return self._reject(ctx, op.op, rejection)  # type: ignore[attr-defined]
+        if stored:
+            self._stored_bytes += len(operation)
+        return result
 
     def snapshot(self) -> bytes:
         return cbor.encode({
             "tasks": self._tasks, "open": self._open,
             "rejection_counts": dict(self._rejection_counts),
-            "rejection_log": self._rejection_log,
+            "rejection_log": self._rejection_log, "stored_bytes": self._stored_bytes,
         })
 
     def restore(self, snapshot: bytes) -> None:
         data = cbor.decode(snapshot, max_size=len(snapshot))
         if type(data) is not dict or set(data) != {"tasks", "open", "rejection_counts",
-                                                   "rejection_log"}:
+                                                   "rejection_log", "stored_bytes"}:
             raise DecodeError("not a deliberation ledger snapshot")
         self._tasks = data["tasks"]
         self._open = data["open"]
         self._rejection_counts = Counter(data["rejection_counts"])
         self._rejection_log = data["rejection_log"]
+        self._stored_bytes = data["stored_bytes"]
 
     def digest(self) -> bytes:
         return hashlib.sha256(self.snapshot()).digest()
@@ -225,7 +238,7 @@ class Ledger:
             "tokens_used": 0, "agent_tokens": {},
             "exit_reason": None, "escalated_to": None, "decided_proposal": None,
             "resolved_by": None, "resolution_notes": None, "closed_ms": None,
-            "signals": [], "stop_conditions": [],
+            "signals": [], "stop_conditions": [], "audits": [],
         }
         self._open.append(task_id)
         return _result(task_id=task_id)
@@ -282,28 +295,37 @@ class Ledger:
         return _result(task_id=task["task_id"], round=op.round)
 
     def _vote(self, op: CastVote, agent: str, now: int) -> bytes:
-        if "audit" not in self._roles[agent]:
-            self._need_role(agent, "vote")
+        if op.audit:
+            return self._audit(op, agent, now)
+        self._need_role(agent, "vote")
         task = self._task(op.task_id)
         proposal = self._proposal(task, op.proposal_id)
         if any(v["agent"] == agent for v in proposal["votes"]):
             raise Rejected("duplicate_vote", f"{agent} already voted on {op.proposal_id}")
-        if self._audit_pending(task) and proposal["proposal_id"] == task["decided_proposal"]:
-            # After an approval of a flagged task only an auditor's vote still matters. An
-            # auditor needs no ``vote`` role for it (duties() asks every auditor to vote).
-            self._need_role(agent, "audit")
-        elif "vote" not in self._roles[agent]:
-            self._need_role(agent, "vote")  # an audit-only member votes on nothing else
-        elif task["state"] not in OPEN_STATES:
+        if task["state"] not in OPEN_STATES:
             raise Rejected("task_closed", f"task {task['task_id']} is {task['state']}")
-        elif proposal["status"] != "open":
+        if proposal["status"] != "open":
             raise Rejected("proposal_closed", f"{op.proposal_id} is {proposal['status']}")
         proposal["votes"].append({"agent": agent, "decision": op.decision, "notes": op.notes,
                                   "at_ms": now})
-        if task["state"] in OPEN_STATES:
-            self._count_votes(task, proposal, now)
+        self._count_votes(task, proposal, now)
         return _result(task_id=task["task_id"], proposal_id=op.proposal_id,
                        status=proposal["status"], state=task["state"])
+
+    def _audit(self, op: CastVote, agent: str, now: int) -> bytes:
+        # Audits are separate from debate votes: an auditor who also voted in the debate
+        # looks again once the flags are known, and that second look is what clears the gate.
+        self._need_role(agent, "audit")
+        task = self._task(op.task_id)
+        if not self._audit_pending(task) or op.proposal_id != task["decided_proposal"]:
+            raise Rejected("no_audit_pending", f"task {task['task_id']} has no approved, "
+                           f"flagged proposal {op.proposal_id!r} awaiting audit")
+        if any(a["agent"] == agent for a in task["audits"]):
+            raise Rejected("duplicate_vote", f"{agent} already audited {op.proposal_id}")
+        task["audits"].append({"agent": agent, "decision": op.decision, "notes": op.notes,
+                               "at_ms": now})
+        return _result(task_id=task["task_id"], proposal_id=op.proposal_id,
+                       commit_ready=self.commit_ready(task["task_id"]))
 
     def _proposal(self, task: dict[str, Any], proposal_id: str) -> dict[str, Any]:
         for proposal in task["proposals"]:
@@ -470,11 +492,7 @@ class Ledger:
                 and not human_resolved and not self._audit_approvals(task))
 
     def _audit_approvals(self, task: dict[str, Any]) -> list[str]:
-        for proposal in task["proposals"]:
-            if proposal["proposal_id"] == task["decided_proposal"]:
-                return sorted(v["agent"] for v in proposal["votes"]
-                              if v["decision"] == "approve" and "audit" in self._roles[v["agent"]])
-        return []
+        return sorted(a["agent"] for a in task["audits"] if a["decision"] == "approve")
 
     def commit_ready(self, task_id: str) -> bool:
         """An approved task whose groupthink flags (if any) an auditor cleared: it may enter
@@ -544,6 +562,7 @@ class Ledger:
                            "signals": [dict(s) for s in task["signals"]],
                            "require_audit": task["require_audit"],
                            "audit_approvals": self._audit_approvals(task),
+                           "audits": [dict(a) for a in task["audits"]],
                            "commit_ready": self.commit_ready(task_id)},
             "stop_conditions": list(task["stop_conditions"]),
             "rounds": rounds, "proposals": proposals,
@@ -554,16 +573,23 @@ class Ledger:
             raise Rejected("unknown_task", f"no task {op.task_id!r}")
         status = self.task_status(op.task_id)
         if op.round is None:
+            if op.agent is not None:
+                raise Rejected("wrong_round", "a status read of one agent names its round")
             for round_ in status["rounds"]:
                 round_["contributions"] = None  # fetched one round at a time
             body = {"task": status}
         else:
             if op.round >= len(status["rounds"]):
                 raise Rejected("wrong_round", f"task {op.task_id} has no round {op.round}")
-            body = {"round": status["rounds"][op.round]}
+            round_ = status["rounds"][op.round]
+            if op.agent is not None and round_["contributions"] is not None:
+                round_["contributions"] = [c for c in round_["contributions"]
+                                           if c["agent"] == op.agent]
+            body = {"round": round_}
         data = _result(**body)
         if len(data) > MAX_RESULT_SIZE:
-            raise Rejected("malformed", f"status is {len(data)} bytes; ask for one round")
+            raise Rejected("result_too_large", f"status is {len(data)} bytes (limit "
+                           f"{MAX_RESULT_SIZE}); ask for one round, then one agent")
         return data
 
     def proposal_document(self, task_id: str, proposal_id: str | None = None) -> Proposal:
@@ -643,11 +669,9 @@ class Ledger:
                         owed.append(("vote", task_id, proposal["proposal_id"]))
         for task_id in sorted(self._tasks):
             task = self._tasks[task_id]
-            if "audit" in roles and self._audit_pending(task):
-                decided = next(p for p in task["proposals"]
-                               if p["proposal_id"] == task["decided_proposal"])
-                if all(v["agent"] != agent for v in decided["votes"]):
-                    owed.append(("vote", task_id, decided["proposal_id"]))
+            if ("audit" in roles and self._audit_pending(task)
+                    and all(a["agent"] != agent for a in task["audits"])):
+                owed.append(("audit", task_id, task["decided_proposal"]))
         return owed
 
 

@@ -88,7 +88,9 @@ REJECTION_REASONS = (
     "unknown_judge",
     "not_escalated",      # resolve on a task that is not waiting for a judge or a human
     "not_resolver",       # resolve from someone who is neither the judge nor a human
-    "ledger_full",        # too many tasks
+    "ledger_full",        # too many tasks, or the ledger's stored bytes at their limit
+    "no_audit_pending",   # an audit of a task that is not approved, flagged and unaudited
+    "result_too_large",   # a status read over the reply limit: ask for less (a round, an agent)
 )
 
 
@@ -176,6 +178,9 @@ class CastVote(_Op):
     proposal_id: Id
     decision: Literal["approve", "reject"]
     notes: str = Field("", max_length=MAX_NOTES_LENGTH)
+    #: An auditor's review of an approved task flagged for groupthink (needs the ``audit``
+    #: role): a separate, later look with the flags in view, not the auditor's debate vote.
+    audit: bool = False
 
 
 class Resolve(_Op):
@@ -197,11 +202,14 @@ class Tick(_Op):
 
 
 class Status(_Op):
-    """An ordered read of one task: its summary, or one round's contributions."""
+    """An ordered read of one task: its summary, one round's contributions, or (with
+    ``agent``) one agent's contribution to that round — replies are bounded, so a large round
+    is read agent by agent."""
 
     op: Literal["status"] = "status"
     task_id: Id
     round: int | None = Field(None, ge=0, le=MAX_ROUNDS)
+    agent: MemberName | None = None
 
 
 Operation = Annotated[OpenTask | Contribute | Abstain | CastVote | Resolve | Tick | Status,

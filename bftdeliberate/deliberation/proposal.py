@@ -248,6 +248,11 @@ class Proposal(_ProposalModel):
             voted[vote.agent] = index
         return self
 
+    def to_json(self, *, indent: int | None = 2) -> str:
+        """``proposal.json`` text; absent optional step fields are left out (an explicit
+        null would not validate again)."""
+        return self.model_dump_json(indent=indent, exclude_none=True)
+
     @property
     def approvals(self) -> int:
         return sum(vote.decision == "approve" for vote in self.votes)
