@@ -96,6 +96,45 @@ def _tunables(args: argparse.Namespace):
                     batch_size=args.batch_size, view_change_timeout=args.view_change_timeout)
 
 
+def _llm_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--llm-base-url", default=None, metavar="URL",
+                        help=f"{what}: an OpenAI-compatible base URL, e.g. "
+                             "http://127.0.0.1:8080/v1")
+    parser.add_argument("--model", default=None, help="the model name (with --llm-base-url)")
+    parser.add_argument("--api-key-env", default=None, metavar="VAR",
+                        help="environment variable holding the API key (none for local "
+                             "servers)")
+
+
+def _agent_arguments(parser: argparse.ArgumentParser) -> None:
+    """The application and the member's agent (``node run``, passed on by ``cluster up``)."""
+    parser.add_argument("--app", choices=["kv", "ledger"], default=None,
+                        help="the replicated application: kv (bftd client) or ledger (bftd "
+                             "task); default ledger with a --debater, else kv")
+    parser.add_argument("--debater", choices=["none", "scripted", "llm"], default="none",
+                        help="the member's agent: none (ordering and ticks only), scripted, "
+                             "or llm (default none)")
+    parser.add_argument("--position", default=None,
+                        help="scripted: the position the agent holds (default 'approve the "
+                             "plan')")
+    parser.add_argument("--behaviour", default="honest",
+                        help="scripted: a behaviour of deliberation/scripts.py, e.g. honest, "
+                             "conformist, vote-flip (default honest)")
+    parser.add_argument("--plan", type=Path, default=None, metavar="FILE",
+                        help="scripted: propose the plan of this proposal.json in round 0 "
+                             "(cluster up: member 0 proposes it)")
+    _llm_arguments(parser, "--debater llm")
+
+
+def _agent_options(args: argparse.Namespace):
+    from bftdeliberate.node import AgentOptions
+
+    return AgentOptions(app=args.app, debater=args.debater, position=args.position,
+                        behaviour=args.behaviour, plan=args.plan,
+                        llm_base_url=args.llm_base_url, model=args.model,
+                        api_key_env=args.api_key_env)
+
+
 def _members(text: str) -> int:
     value = _positive(text)
     if value < 4:
@@ -134,7 +173,10 @@ def _seconds(text: str) -> float:
 
 
 EXAMPLES = {
-    "demo": "examples:\n  bftd demo\n  bftd demo --json",
+    "demo": "examples:\n  bftd demo\n  bftd demo --json\n"
+            "  bftd demo --llm-base-url http://127.0.0.1:8080/v1 --model qwen2.5-7b-instruct\n"
+            "  bftd demo --llm-base-url https://api.openai.com/v1 --model gpt-4o-mini "
+            "--api-key-env OPENAI_API_KEY",
     "keys init": "examples:\n  bftd keys init --n 4 --dir keys\n"
                  "  bftd keys init --n 7 --clients 3 --dir /tmp/ks --base-port 9000",
     "keys check": "examples:\n  bftd keys check --committee keys/committee.json\n"
@@ -144,9 +186,16 @@ EXAMPLES = {
     "node run": "examples:\n  bftd node run --id 0 --committee keys/committee.json "
                 "--key keys/agent-0.key\n"
                 "  bftd node run --id 1 --committee keys/committee.json --key keys/agent-1.key "
-                "--data /var/lib/bftd-1 --metrics-port 9101",
+                "--data /var/lib/bftd-1 --metrics-port 9101\n"
+                "  bftd node run --id 0 --committee keys/committee.json --key keys/agent-0.key "
+                "--debater scripted --position 'roll back' --plan proposal.json\n"
+                "  bftd node run --id 2 --committee keys/committee.json --key keys/agent-2.key "
+                "--debater llm --llm-base-url http://127.0.0.1:8080/v1 --model qwen2.5-7b",
     "cluster up": "examples:\n  bftd cluster up --n 4\n"
-                  "  bftd cluster up --n 7 --dir /tmp/c7 --base-port 7100 --metrics-base-port 9100",
+                  "  bftd cluster up --n 7 --dir /tmp/c7 --base-port 7100 --metrics-base-port 9100\n"
+                  "  bftd cluster up --n 4 --dir debate --debater scripted --plan proposal.json\n"
+                  "  bftd cluster up --n 4 --app ledger   # ordering only: tasks escalate to "
+                  "humans",
     "client put": "examples:\n  bftd client put color blue --committee cluster/committee.json\n"
                   "  bftd client put k v --committee keys/committee.json --key keys/client-1.key",
     "client get": "examples:\n  bftd client get color --committee cluster/committee.json --json",
@@ -161,6 +210,23 @@ EXAMPLES = {
     "proposal validate": "examples:\n  bftd proposal validate proposal.json\n"
                          "  bftd proposal validate tests/fixtures/proposal-seed.json --json",
     "schema": "examples:\n  bftd schema --out schemas\n  bftd schema --out /tmp/bftd-schemas",
+    "task open": "examples:\n"
+                 "  bftd task open --question 'Roll back release 2.3?' --committee "
+                 "cluster/committee.json --key cluster/agent-0.key\n"
+                 "  bftd task open --question 'Adopt the new retry policy?' --context "
+                 "'see RFC-12' --evidence doc:rfc-12 --evidence incident:INC-7 --max-rounds 2 "
+                 "--round-ms 60000 --judge agent-1 --committee keys/committee.json --key "
+                 "keys/agent-0.key --json",
+    "task status": "examples:\n  bftd task status t-5-0 --committee cluster/committee.json "
+                   "--key cluster/agent-0.key\n"
+                   "  bftd task status t-5-0 --committee cluster/committee.json --key "
+                   "cluster/client-0.key --json",
+    "task resolve": "examples:\n  bftd task resolve t-5-0 --decision reject --notes 'not now' "
+                    "--committee cluster/committee.json --key cluster/agent-1.key\n"
+                    "  bftd task resolve t-5-0 --decision approve --proposal t-5-0.agent-0.r0 "
+                    "--committee cluster/committee.json --key cluster/agent-1.key",
+    "bench debate": "examples:\n  bftd bench debate\n  bftd bench debate --rounds 60 --json\n"
+                    "  bftd bench debate --n 4,7 --seeds 1",
     "bench sim": "examples:\n  bftd bench sim\n"
                  "  bftd bench sim --scenario chaos --n 4 --requests 50 --seconds 20 --jobs 2 "
                  "--json",
@@ -196,8 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = _command(commands, "demo", "run a small committee in-process and show it",
                     EXAMPLES["demo"])
     demo.add_argument("--n", type=_members, default=4, help="committee size (default 4)")
-    demo.add_argument("--seed", type=int, default=7, help="seed of the run (default 7)")
-    demo.add_argument("--json", action="store_true", help="print the report as JSON")
+    demo.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    _llm_arguments(demo, "the honest members' debaters ask this OpenAI-compatible server "
+                         "(default: scripted debaters)")
     demo.set_defaults(handler=cmd_demo)
 
     keys = _group(_command(commands, "keys", "genesis: key files and the committee manifest"),
@@ -239,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     node_run.add_argument("--log-level", default="info",
                           choices=["debug", "info", "warning", "error"])
     _tunable_arguments(node_run)
+    _agent_arguments(node_run)
     node_run.set_defaults(handler=cmd_node_run)
 
     cluster = _group(_command(commands, "cluster", "a local committee of node processes"),
@@ -255,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--metrics-base-port", type=_port, default=None,
                     help="member i serves metrics on 127.0.0.1:base+i")
     _tunable_arguments(up)
+    _agent_arguments(up)
     up.set_defaults(handler=cmd_cluster_up)
 
     client = _group(_command(commands, "client", "the key-value application, as a client"),
@@ -273,8 +342,66 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--json", action="store_true", help="print the result as JSON")
         sub.set_defaults(handler=cmd_client)
 
+    task = _group(_command(commands, "task", "debates on a running committee (--app ledger)"),
+                  "task_command", "ACTION")
+    task_open = _command(task, "open", "open a debate, signed as the member owning --key",
+                         EXAMPLES["task open"])
+    task_open.add_argument("--question", required=True, help="what the agents decide")
+    task_open.add_argument("--context", default=None, help="background for the debaters")
+    task_open.add_argument("--evidence", action="extend", nargs="+", default=None,
+                           metavar="REF", help="evidence references (repeatable)")
+    task_open.add_argument("--max-rounds", type=int, default=None,
+                           help="debate rounds at most (default 3)")
+    task_open.add_argument("--budget", type=int, default=None, metavar="TOKENS",
+                           help="token budget of the task (default 20000)")
+    task_open.add_argument("--agent-budget", type=int, default=None, metavar="TOKENS",
+                           help="token budget per agent (default: the task budget split evenly)")
+    task_open.add_argument("--deadline-ms", type=int, default=None,
+                           help="task lifetime; past it an undecided task escalates "
+                                "(default 600000)")
+    task_open.add_argument("--round-ms", type=int, default=None,
+                           help="a round closes after this long without every contribution "
+                                "(default 30000)")
+    task_open.add_argument("--vote-ms", type=int, default=None,
+                           help="vote window after the debate (default 30000)")
+    task_open.add_argument("--threshold", type=int, default=None,
+                           help="approvals needed (default and minimum 2f+1)")
+    task_open.add_argument("--judge", default=None, metavar="NAME",
+                           help="member who resolves an escalated task (default: a human)")
+    task_open.add_argument("--no-audit", action="store_true",
+                           help="a groupthink-flagged approval needs no auditor's approval")
+    task_status = _command(task, "status", "transcript, votes and decision of a task "
+                                           "(ordered reads)", EXAMPLES["task status"])
+    task_status.add_argument("task_id", metavar="ID", help="the task id (t-SEQ-INDEX)")
+    task_resolve = _command(task, "resolve", "decide an escalated task (its judge or a human)",
+                            EXAMPLES["task resolve"])
+    task_resolve.add_argument("task_id", metavar="ID", help="the task id")
+    task_resolve.add_argument("--decision", choices=["approve", "reject"], required=True)
+    task_resolve.add_argument("--proposal", default=None, metavar="ID",
+                              help="the proposal approved (required with approve)")
+    task_resolve.add_argument("--notes", default=None, help="why")
+    for sub in (task_open, task_status, task_resolve):
+        sub.add_argument("--committee", type=Path, required=True, help="committee.json")
+        sub.add_argument("--key", type=Path, required=True,
+                         help="a member's key file (status: a client's key also works)")
+        sub.add_argument("--timeout", type=_seconds, default=10.0,
+                         help="seconds to wait for each ordered call (default 10)")
+        sub.add_argument("--json", action="store_true", help="print the result as JSON")
+        sub.set_defaults(handler=cmd_task)
+
     bench = _group(_command(commands, "bench", "benchmarks (JSON with --json)"),
                    "bench_command", "KIND")
+    bench_debate = _command(bench, "debate", "consensus overhead per debate round on a local "
+                                             "4-peer TCP committee (+ messages per round vs n "
+                                             "in the simulator)", EXAMPLES["bench debate"])
+    bench_debate.add_argument("--rounds", type=_positive, default=30,
+                              help="debate rounds measured (default 30)")
+    bench_debate.add_argument("--n", type=_member_list, default=None, dest="sim_n",
+                              help="committee sizes of the simulated part (default 4,7,10,13)")
+    bench_debate.add_argument("--seeds", type=_positive, default=None,
+                              help="simulated seeds per n, figures are medians (default 3)")
+    bench_debate.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench_debate.set_defaults(handler=cmd_bench_debate)
     core = _command(bench, "core", "replicas in one process, no network", EXAMPLES["bench core"])
     core.add_argument("--n", type=_int_list, default=[4, 7, 10, 13, 16], help="committee sizes")
     core.add_argument("--batch", type=_int_list, default=[1, 10, 100], help="batch sizes")
@@ -378,8 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     schema = _command(commands, "schema", "write the published JSON Schemas into a folder",
                       EXAMPLES["schema"])
     schema.add_argument("--out", type=Path, required=True, metavar="DIR",
-                        help="folder for proposal.schema.json and scenario.schema.json (created "
-                             "if missing; existing schema files are replaced)")
+                        help="folder for proposal.schema.json, ledger-operation.schema.json and "
+                             "scenario.schema.json (created if missing; existing schema files "
+                             "are replaced)")
     schema.set_defaults(handler=cmd_schema)
     return parser
 
@@ -387,42 +515,104 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------ commands
 
 
+def _llm_option(args: argparse.Namespace) -> dict[str, Any] | None:
+    given = [args.llm_base_url, args.model, args.api_key_env]
+    if all(value is None for value in given):
+        return None
+    if args.llm_base_url is None or args.model is None:
+        raise ConfigError("--llm-base-url and --model go together (and --api-key-env with "
+                          "them)")
+    return {"base_url": args.llm_base_url, "model": args.model,
+            "api_key_env": args.api_key_env}
+
+
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from bftdeliberate.demo import run_demo
 
-    result = run_demo(n=args.n, seed=args.seed)
+    llm = _llm_option(args)
+    progress = None if args.json else (
+        lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True))
+    result = run_demo(n=args.n, llm=llm, progress=progress)
     report = result.report
+    code = EXIT_OK if result.ok else EXIT_FAILED
     if args.json:
         print(json.dumps(report, indent=2))
-        return EXIT_OK if result.ok else EXIT_FAILED
-    console.print(f"[bold]bftd demo[/]: n={report['n']} f={report['f']} seed={report['seed']} "
-                  f"committee {report['committee_digest'][:16]}… "
-                  f"(member {report['byzantine_member']} is Byzantine)")
-    ops = Table(title="Committed operations (each accepted on f+1 matching signed replies)")
-    for column in ("operation", "key", "value", "result", "latency ms"):
-        ops.add_column(column, no_wrap=column != "result")
-    for row in report["operations"]:
-        ops.add_row(row["operation"], row["key"], str(row["value"] or ""),
-                    json.dumps(row["result"], separators=(",", ":")), f"{row['latency_ms']:.2f}")
-    console.print(ops)
-    replicas = Table(title="Replicas")
-    for column in ("id", "role", "view", "executed", "stable cp", "state digest", "dropped"):
-        replicas.add_column(column, no_wrap=column != "dropped")
-    for r in report["replicas"]:
-        replicas.add_row(str(r["id"]), r["role"], str(r["view"]), str(r["last_executed"]),
-                         str(r["stable_checkpoint"]), r["state_digest"][:12] + "…",
-                         ", ".join(f"{k}={v}" for k, v in r["dropped"].items()) or "-")
-    console.print(replicas)
-    messages = Table(title="Messages on the network")
-    for column in ("type", "count", "bytes"):
-        messages.add_column(column)
-    for kind, counts in report["messages"].items():
-        messages.add_row(kind, str(counts["count"]), str(counts["bytes"]))
-    console.print(messages)
-    verdict = "[green]equal[/]" if report["state_digests_equal"] else "[red]DIFFERENT[/]"
-    console.print(f"state digests: {verdict}; all operations completed: "
-                  f"{report['all_completed']}; virtual time {report['virtual_seconds']:.3f}s")
-    return EXIT_OK if result.ok else EXIT_FAILED
+        return code
+    if report.get("error"):
+        Console(stderr=True).print(f"bftd: demo failed: {report['error']}", markup=False,
+                                   highlight=False)
+        return code
+    # Wider than the 80 columns rich assumes for a pipe: the tables are read in logs and files.
+    _render_demo(report, console if console.is_terminal else Console(width=120))
+    return code
+
+
+def _render_demo(report: dict[str, Any], console: Console) -> None:
+    from rich.panel import Panel
+
+    byzantine = report["byzantine"]
+    task = report["task"]
+    console.print(f"[bold]bftd demo[/]: {report['n']} members (f={report['f']}) over "
+                  f"{report['transport']}, committee {report['committee_digest'][:16]}…; "
+                  f"{byzantine['name']} is Byzantine ({byzantine['behaviour']})")
+    console.print(Panel(f"[bold]{task['question']}[/]\n\n{task['context']}\n\nevidence: "
+                        + ", ".join(task["evidence"]),
+                        title=f"task {task['task_id']} opened by {task['opener']}",
+                        title_align="left"))
+    for round_ in report["rounds"]:
+        closed = (f"closed after {round_['duration_ms']} ms" if round_["closed"] else "open")
+        table = Table(title=f"round {round_['round']} ({'blind, ' if round_['round'] == 0 else ''}"
+                            f"{closed})", title_justify="left", box=box.SIMPLE_HEAD)
+        for column in ("agent", "position", "conf", "evidence", "tokens", "proposal"):
+            table.add_column(column, justify="right" if column in ("conf", "tokens") else "left")
+        for c in round_["contributions"]:
+            name = c["agent"] + (" (Byzantine)" if c["agent"] == byzantine["name"] else "")
+            table.add_row(name, c["position"] or "(abstained)", f"{c['confidence']}%",
+                          ", ".join(c["evidence"]) or "-", str(c["tokens"]),
+                          c["proposal_id"] or "")
+        console.print(table)
+    proposal = report["proposal"]
+    if proposal is not None:
+        plan = Table(title=f"proposal {proposal['proposal_id']}: plan", title_justify="left",
+                     box=box.SIMPLE_HEAD)
+        for column in ("#", "step", "target", "cmd", "timeout ms"):
+            plan.add_column(column)
+        for number, step in enumerate(proposal["plan"], 1):
+            plan.add_row(str(number), step["step"], step.get("target", ""), step.get("cmd", ""),
+                         str(step.get("timeout_ms", "")))
+        console.print(plan)
+    votes = Table(title="signed votes (each a request signed by its agent, verified by every "
+                        "replica, ordered by PBFT)", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("agent", "vote", "notes"):
+        votes.add_column(column)
+    for vote in report["votes"]:
+        style = "green" if vote["decision"] == "approve" else "red"
+        votes.add_row(vote["agent"], f"[{style}]{vote['decision']}[/]", vote["notes"])
+    console.print(votes)
+    for evidence in byzantine["evidence"]:
+        console.print(f"[yellow]contained[/]: {evidence['agent']}'s extra vote (seq "
+                      f"{evidence['seq']}) refused by every honest replica: "
+                      f"{evidence['reason']} ({evidence['detail']})", highlight=False)
+    decision = report["decision"]
+    colour = {"approved": "green", "rejected": "red"}.get(decision, "yellow")
+    tokens = report["tokens"]
+    flags = report["groupthink"]["signals"]
+    console.print(f"decision: [bold {colour}]{str(decision).upper()}[/] "
+                  f"(threshold {task['threshold']}/{task['voters']}), exit reason "
+                  f"{report['exit_reason']}, {report['rounds_used']} rounds; tokens "
+                  f"{tokens['used']}/{tokens['budget']} ("
+                  + ", ".join(f"{a} {t}" for a, t in tokens["by_agent"].items()) + ")",
+                  highlight=False)
+    console.print("groupthink flags: " + (", ".join(
+        f"{f['kind']} (round {f['round']})" for f in flags) or "none")
+        + f"; commit ready: {report['commit_ready']}; honest members agree: "
+        f"{report['honest_members_agree']}; {report['seconds']:.2f} s", highlight=False)
+    if proposal is not None:
+        console.print("proposal.json:")
+        console.print_json(json.dumps(proposal))
+    if not report["ok"] and report["debaters"] == "llm":
+        console.print("[red]no honest debater answered[/]: is the model server up? "
+                      "(per-member model calls and errors: bftd demo --json, members[].llm)")
 
 
 def cmd_keys_init(args: argparse.Namespace, console: Console) -> int:
@@ -447,7 +637,7 @@ def cmd_node_run(args: argparse.Namespace, console: Console) -> int:
     return node_run(member=args.id, committee_path=args.committee, key_path=args.key,
                     data_dir=args.data, metrics_port=args.metrics_port, listen=args.listen,
                     tunables=_tunables(args), lost_disk=args.lost_disk,
-                    log_level=args.log_level)
+                    log_level=args.log_level, agent=_agent_options(args))
 
 
 def cmd_cluster_up(args: argparse.Namespace, console: Console) -> int:
@@ -455,7 +645,7 @@ def cmd_cluster_up(args: argparse.Namespace, console: Console) -> int:
 
     return cluster_up(n=args.n, directory=args.dir, base_port=args.base_port,
                       metrics_base_port=args.metrics_base_port, tunables=_tunables(args),
-                      clients=args.clients,
+                      clients=args.clients, agent=_agent_options(args),
                       echo=lambda text: console.print(text, highlight=False, markup=False))
 
 
@@ -753,11 +943,13 @@ def cmd_proposal_validate(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_schema(args: argparse.Namespace, console: Console) -> int:
+    from bftdeliberate.deliberation.ops import ops_schema
     from bftdeliberate.deliberation.proposal import proposal_schema
     from simulator.spec import scenario_json_schema
 
     # Generated files: written again (replaced) on every run.
     schemas = {"proposal.schema.json": proposal_schema,
+               "ledger-operation.schema.json": ops_schema,
                "scenario.schema.json": scenario_json_schema}
     out: Path = args.out
     if out.exists() and not out.is_dir():
@@ -791,17 +983,17 @@ def cmd_bench_sim(args: argparse.Namespace, console: Console) -> int:
     table.add_column("value", justify="right")
     walls = report["run_wall_ms"]
     for figure, value in (
-        ("seed-runs per minute", f"{report['seed_runs_per_min']:.0f} "
-                                 f"(goal {report['goal_seed_runs_per_min']})"),
+        ("seed-runs per minute", (f"{report['seed_runs_per_min']:.0f} "
+                                 f"(goal {report['goal_seed_runs_per_min']})")),
         ("... with a full core per job", f"{report['seed_runs_per_min_full_cores']:.0f}"),
         ("cpu utilisation", f"{100 * report['cpu_utilisation']:.0f}%"),
         ("simulated events per second", f"{report['sim_events_per_s']:.0f}"),
         ("... per cpu second", f"{report['sim_events_per_cpu_s']:.0f}"),
         ("events per run", f"{report['events_per_run']:.0f}"),
-        ("ms per run p50 / p99 / max", f"{walls['p50']:.1f} / {walls['p99']:.1f} / "
-                                       f"{walls['max']:.1f}"),
-        ("runs (completed workload)", f"{report['seed_runs']} "
-                                      f"({100 * report['completed_fraction']:.0f}%)"),
+        ("ms per run p50 / p99 / max", (f"{walls['p50']:.1f} / {walls['p99']:.1f} / "
+                                       f"{walls['max']:.1f}")),
+        ("runs (completed workload)", (f"{report['seed_runs']} "
+                                      f"({100 * report['completed_fraction']:.0f}%)")),
         ("missed expectation", str(report["missed_expectation"])),
     ):
         table.add_row(figure, value)
@@ -912,6 +1104,153 @@ def cmd_bench_throughput(args: argparse.Namespace, console: Console) -> int:
                   f"p50 <= {goal['p50_ms_at_8_clients']} ms at 8 clients", highlight=False)
     if report["logs"]:
         console.print(f"logs: {report['logs']}", markup=False, highlight=False)
+    return code
+
+
+def cmd_task(args: argparse.Namespace, console: Console) -> int:
+    from bftdeliberate.node import task_command
+
+    action = args.task_command
+    fields = None
+    if action == "open":
+        fields = {"question": args.question, "context": args.context,
+                  "evidence": args.evidence, "max_rounds": args.max_rounds,
+                  "round_ms": args.round_ms, "vote_ms": args.vote_ms,
+                  "deadline_ms": args.deadline_ms, "token_budget": args.budget,
+                  "agent_token_budget": args.agent_budget, "threshold": args.threshold,
+                  "judge": args.judge, "require_audit": False if args.no_audit else None}
+    outcome = task_command(
+        action=action, committee_path=args.committee, key_path=args.key,
+        timeout=args.timeout, task_id=getattr(args, "task_id", None), open_fields=fields,
+        decision=getattr(args, "decision", None), proposal_id=getattr(args, "proposal", None),
+        notes=getattr(args, "notes", None))
+    ok = bool(outcome.get("ok"))
+    if args.json:
+        print(json.dumps(outcome["task"] if ok and action == "status" else outcome, indent=2))
+    if not ok:
+        what = "failed" if outcome.get("error") == "failed" else \
+            f"refused by the ledger: {outcome.get('error')}"
+        Console(stderr=True, soft_wrap=True).print(
+            f"bftd: task {action} {what}: {outcome.get('detail', '')}", markup=False,
+            highlight=False)
+        return EXIT_FAILED
+    if args.json:
+        return EXIT_OK
+    if action == "open":
+        console.print(f"opened task {outcome['task_id']} as {outcome['signer']}; follow it: "
+                      f"bftd task status {outcome['task_id']} --committee {args.committee} "
+                      f"--key {args.key}", markup=False, highlight=False, soft_wrap=True)
+    elif action == "resolve":
+        console.print(f"task {outcome['task_id']} resolved by {outcome['signer']}: "
+                      f"{outcome['state']}", markup=False, highlight=False)
+    else:
+        _render_task(outcome["task"], console)
+    return EXIT_OK
+
+
+def _render_task(task: dict[str, Any], console: Console) -> None:
+    decision = task["decision"] or f"pending ({task['state']})"
+    console.print(f"[bold]task {task['task_id']}[/] opened by {task['opener']}: "
+                  f"{task['question']}", highlight=False)
+    if task["context"]:
+        console.print(f"context: {task['context']}", markup=False, highlight=False)
+    if task["evidence"]:
+        console.print("evidence: " + ", ".join(task["evidence"]), markup=False, highlight=False)
+    for round_ in task["rounds"]:
+        state = "open" if round_["closed_ms"] is None else \
+            f"closed after {round_['closed_ms'] - round_['opened_ms']} ms"
+        if round_["contributions"] is None:
+            console.print(f"round {round_['round']} ({state}, hidden until it closes): "
+                          f"{len(round_['participants'])} took part so far: "
+                          + (", ".join(round_["participants"]) or "none"), highlight=False)
+            continue
+        table = Table(title=f"round {round_['round']} ({state})", title_justify="left",
+                      box=box.SIMPLE_HEAD)
+        for column in ("agent", "position", "conf", "evidence", "tokens", "proposal",
+                       "argument"):
+            table.add_column(column, overflow="fold")
+        for c in round_["contributions"]:
+            table.add_row(c["agent"], c["position"] or "(abstained)", f"{c['confidence']}%",
+                          ", ".join(c["evidence"]) or "-", str(c["tokens"]),
+                          c["proposal_id"] or "", c["argument"])
+        console.print(table)
+    for proposal in task["proposals"]:
+        table = Table(title=f"proposal {proposal['proposal_id']} by {proposal['author']} "
+                            f"({proposal['status']}): " + " -> ".join(
+                                step["step"] for step in proposal["plan"]),
+                      title_justify="left", box=box.SIMPLE_HEAD)
+        for column in ("signer", "vote", "notes"):
+            table.add_column(column, overflow="fold")
+        for vote in proposal["votes"]:
+            table.add_row(vote["agent"], vote["decision"], vote["notes"])
+        console.print(table)
+    tokens = task["tokens"]
+    console.print(f"decision: [bold]{decision}[/] (threshold {task['threshold']}/"
+                  f"{task['voters']}); exit reason {task['exit_reason'] or '-'}; escalated to "
+                  f"{task['escalated_to'] or '-'}; resolved by {task['resolved_by'] or '-'}; "
+                  f"rounds {task['rounds_used']}/{task['max_rounds']}", highlight=False)
+    console.print(f"tokens {tokens['used']}/{tokens['budget']} (per agent at most "
+                  f"{tokens['agent_budget']}: " + (", ".join(
+                      f"{a} {t}" for a, t in tokens["by_agent"].items()) or "none") + ")",
+                  highlight=False)
+    groupthink = task["groupthink"]
+    audits = ", ".join(f"{a['agent']} {a['decision']}" for a in groupthink.get("audits", []))
+    console.print("groupthink flags: " + (", ".join(
+        f"{f['kind']} (round {f['round']}{', ' + f['agent'] if 'agent' in f else ''})"
+        for f in groupthink["signals"]) or "none")
+        + (f"; audits: {audits}" if audits else "")
+        + f"; commit ready: {groupthink['commit_ready']}", highlight=False)
+
+
+def cmd_bench_debate(args: argparse.Namespace, console: Console) -> int:
+    from benchmarks.debate_cluster import run
+
+    command = (f"bftd bench debate --rounds {args.rounds}"
+               + (f" --n {','.join(map(str, args.sim_n))}" if args.sim_n else "")
+               + (f" --seeds {args.seeds}" if args.seeds else "") + (" --json" if args.json else ""))
+    report = run(rounds=args.rounds, command=command, sim_ns=args.sim_n, sim_seeds=args.seeds)
+    code = EXIT_OK if report["ok"] else EXIT_FAILED
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return code
+    if "round_close_latency_ms" not in report:
+        Console(stderr=True).print(f"bftd: bench debate failed: {report.get('error')}",
+                                   markup=False, highlight=False)
+        return code
+    latency = report["round_close_latency_ms"]
+    per_round = report["per_round"]
+    table = Table(title=f"bench debate: n={report['n']} over {report['transport']}, "
+                        f"{report['rounds']} rounds, scripted debaters", box=box.SIMPLE_HEAD)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for figure, value in (
+        ("last contribution -> round closed at every member, p50 / p90 / max ms",
+         f"{latency['p50']:.1f} / {latency['p90']:.1f} / {latency['max']:.1f}"),
+        ("rounds per second (debate only)", f"{report['rounds_per_s']:.1f}"),
+        ("messages per round (TCP, members and agents)", f"{per_round['messages']:.0f}"),
+        ("bytes per round (TCP, members and agents)", f"{per_round['bytes']:,.0f}"),
+        ("ordered operations per round", f"{per_round['operations']:.1f}"),
+    ):
+        table.add_row(figure, value)
+    wide = console if console.is_terminal else Console(width=100)
+    wide.print(table)
+    simulated = report["simulated"]
+    if simulated is not None:
+        sim = Table(title=f"simulator: {simulated['scenario']}, medians of {simulated['seeds']} "
+                          "seeds", box=box.SIMPLE_HEAD)
+        for column in ("n", "rounds", "msgs/round", "bytes/round", "msgs/op", "msgs/round/n³",
+                       "ok"):
+            sim.add_column(column, justify="right")
+        for r in simulated["results"]:
+            sim.add_row(str(r["n"]), str(r["rounds"]), f"{r['messages_per_round']:,.0f}",
+                        f"{r['bytes_per_round']:,.0f}", f"{r['messages_per_op']:,.1f}",
+                        f"{r['messages_per_round_over_n_cubed']:.2f}",
+                        "yes" if r["ok"] else "NO", style=None if r["ok"] else "red")
+        wide.print(sim)
+        exponents = simulated["growth_exponents"]
+        console.print(f"growth: messages per round n^{exponents['messages_per_round']}, per "
+                      f"operation n^{exponents['messages_per_op']} (PBFT: n^3 per round of n "
+                      "contributions, n^2 per operation)", highlight=False)
     return code
 
 

@@ -54,6 +54,7 @@ from bftdeliberate.pbft.effects import (
 )
 from bftdeliberate.pbft.replica import Replica
 from bftdeliberate.wire.framing import encode_frame
+from bftdeliberate.wire.messages import SignedMessage
 
 logger = logging.getLogger("bftd.peer")
 
@@ -546,6 +547,37 @@ class CommitteeClient:
                 raise ClientTimeout(f"no {self.committee.reply_quorum} matching replies "
                                     f"within {timeout:g} s")
             return result.result
+
+    def accept_executed(self, execute: Execute) -> bool:
+        """Complete the outstanding :meth:`call` from an execution of this process's *own*
+        replica, if ``execute`` holds the request (True when it did).
+
+        For a member's agent running inside its peer: the member trusts its own replica (it
+        executes only batches with a 2f+1 commit certificate), so it need not wait for f+1
+        replies -- which matters when another process signs under the same name (the CLI
+        acting as the member): members send a client's replies over its newest link only.
+        An empty result means the request was not executed (a newer request under this
+        name overtook it); the caller may send it again, with a new timestamp.
+        """
+        if self._done is None or not self.core.busy:
+            return False
+        timestamp = self.core.last_timestamp
+        for request, result in zip(execute.requests, execute.results, strict=True):
+            if request.client == self.id and request.timestamp == timestamp:
+                self.core.abandon()  # late replies are now stale
+                self._result = Completed(timestamp, result, execute.view)
+                self._done.set()
+                return True
+        return False
+
+    def send_signed(self, request: SignedMessage) -> None:
+        """Send a request signed elsewhere to every member without waiting for any reply.
+        Only Byzantine scripts need this (forged or duplicate requests in tests and demos);
+        the members check its signature like any other request's."""
+        frame = encode_frame(request.raw)
+        for member in range(self.committee.n):
+            self.transport.send(member, frame)
+        self.transport.flush()
 
 
 @asynccontextmanager

@@ -18,20 +18,36 @@ def run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_demo_json_commits_and_contains_the_byzantine_member(capsys):
-    code, out, _ = run(capsys, "demo", "--json")
-    assert code == 0
-    report = json.loads(out)
-    assert report["state_digests_equal"] and report["all_completed"]
-    assert len({r["state_digest"] for r in report["replicas"]}) == 1
-    honest = [r for r in report["replicas"] if r["id"] != report["byzantine_member"]]
-    assert all(r["dropped"].get("sender-mismatch") == 1 for r in honest)
-    assert report["operations"][-1]["result"] == {"ok": True, "value": "approved"}
+def test_demo_json_shows_a_debate_decided_and_the_byzantine_vote_contained(capsys):
+    from bftdeliberate.deliberation.ledger import EXIT_REASONS
+    from bftdeliberate.deliberation.proposal import Proposal
+
+    code, out, err = run(capsys, "demo", "--json")
+    assert code == 0, err
+    report = json.loads(out)  # one JSON object
+    assert report["decision"] == "approved" and report["exit_reason"] in EXIT_REASONS
+    byzantine = report["byzantine"]
+    assert byzantine["behaviour"] == "vote-flip" and byzantine["contained"]
+    name = byzantine["name"]
+    # Its first vote counts like anyone's; every further one was refused as a duplicate.
+    assert [v["agent"] for v in report["votes"]].count(name) == 1
+    assert byzantine["evidence"] and all(
+        e["reason"] == "duplicate_vote" and e["agent"] == name and e["op"] == "vote"
+        for e in byzantine["evidence"])
+    assert all(set(v) >= {"agent", "decision", "notes"} for v in report["votes"])
+    assert sum(v["decision"] == "approve" for v in report["votes"]) >= report["task"]["threshold"]
+    assert report["rounds"] and report["rounds"][0]["contributions"]
+    assert report["tokens"]["used"] > 0 and "signals" in report["groupthink"]
+    proposal = Proposal.model_validate_json(json.dumps(report["proposal"]))
+    assert proposal.decision.result == "approved" and proposal.plan
+    assert report["honest_members_agree"] and report["transport"] == "tcp 127.0.0.1"
+    assert report["seconds"] < 30
 
 
-def test_demo_table_renders(capsys):
+def test_demo_renders_for_people(capsys):
     code, out, _ = run(capsys, "demo")
-    assert code == 0 and "state digests: equal" in out
+    assert code == 0
+    assert "decision: APPROVED" in out and "duplicate_vote" in out and "proposal.json" in out
 
 
 def test_keys_init_then_check(tmp_path, capsys):
@@ -53,7 +69,7 @@ def test_keys_init_refuses_to_overwrite_and_keeps_every_file(tmp_path, capsys):
     keystore = tmp_path / "keys"
     assert run(capsys, "keys", "init", "--n", "4", "--dir", str(keystore))[0] == 0
     before = {p.name: p.read_bytes() for p in keystore.iterdir()}
-    code, out, err = run(capsys, "keys", "init", "--n", "4", "--dir", str(keystore))
+    code, _, err = run(capsys, "keys", "init", "--n", "4", "--dir", str(keystore))
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert {p.name: p.read_bytes() for p in keystore.iterdir()} == before
 
@@ -94,7 +110,7 @@ def test_bad_key_file_is_one_line_exit_2(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv", [
-    ["bogus"], ["demo", "--n", "3"], ["bench", "core", "--batch", "ten"],
+    ["bogus"], ["demo", "--n", "3"], ["demo", "--model", "m"], ["bench", "core", "--batch", "ten"],
     ["keys", "init"], ["bench", "core", "--n", "4,x"],
 ])
 def test_bad_usage_is_one_line_exit_2(capsys, argv):
@@ -117,8 +133,54 @@ def test_bench_core_counts_match_pbft(capsys):
 
 def test_installed_console_script_runs():
     bftd = shutil.which("bftd") or pytest.skip("bftd console script not on PATH")
-    done = subprocess.run([bftd, "--help"], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([bftd, "--help"], capture_output=True, text=True, timeout=60,
+                          check=False)
     assert done.returncode == 0 and "demo" in done.stdout
     done = subprocess.run([sys.executable, "-m", "bftdeliberate.cli", "demo", "--n", "x"],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1
+
+
+def test_demo_switches_the_honest_debaters_to_an_openai_compatible_server(capsys):
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class FakeModel(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            schema = body.get("response_format", {}).get("json_schema", {}).get("name")
+            prompt = json.dumps(body["messages"])
+            if schema == "VoteDraft":
+                answer = {"decision": "approve", "notes": "reversible and tested"}
+            else:
+                answer = {"position": "roll back", "argument": "errors began with 2.3",
+                          "evidence": ["incident:INC-4821"], "confidence": 80}
+                if "You are agent-0" in prompt:
+                    answer["proposal"] = {"plan": [{"step": "test", "cmd": "make smoke"}]}
+            data = json.dumps({"choices": [{"message": {"content": json.dumps(answer)},
+                                            "finish_reason": "stop"}],
+                               "usage": {"total_tokens": 200}}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeModel)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        code, out, err = run(capsys, "demo", "--json", "--llm-base-url",
+                             f"http://127.0.0.1:{server.server_address[1]}/v1", "--model", "m")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["debaters"] == "llm" and report["decision"] == "approved"
+    assert report["members"][0]["llm"]["calls"] >= 1
+    assert report["members"][3]["debater"] == "scripted vote-flip"
+    assert report["tokens"]["by_agent"]["agent-0"] >= 200  # the server's reported usage

@@ -533,6 +533,20 @@ async def test_vote_valid(server):
     assert agent.stats.vote_tokens == 90
 
 
+async def test_audit_reviews_an_approved_proposal_and_marks_the_vote(server):
+    # The ledger asks auditors about a proposal already approved (and voted on by them).
+    server.script(ok(VOTE, total=70))
+    approved = replace(PROPOSAL, status="approved")
+    view = replace(task_view(proposals=(approved,)), voted=frozenset({approved.proposal_id}))
+    with trio.fail_after(NETWORK_DEADLINE_S):
+        async with debater(server) as agent:
+            assert await agent.vote(view, approved) is None  # not an open proposal
+            audit = await agent.audit(view, approved)
+    assert audit == CastVote(task_id="t1", proposal_id="t1.bob.r0", decision="approve",
+                             notes="the plan tests before deploying", audit=True)
+    assert len(server.requests) == 1
+
+
 async def test_vote_invalid_returns_none(server):
     server.script(ok({"decision": "maybe"}), ok("I approve"))
     with trio.fail_after(NETWORK_DEADLINE_S):

@@ -223,7 +223,8 @@ def test_schema_out_writes_valid_schemas_and_the_seed_validates(tmp_path, capsys
     out = tmp_path / "new" / "schemas"
     code, stdout, err = run(capsys, "schema", "--out", str(out))
     assert code == 0 and err == ""
-    files = [out / "proposal.schema.json", out / "scenario.schema.json"]
+    files = [out / "proposal.schema.json", out / "ledger-operation.schema.json",
+             out / "scenario.schema.json"]
     assert stdout.splitlines() == [str(file) for file in files]
     schemas = [json.loads(file.read_text(encoding="utf-8")) for file in files]
     for schema in schemas:

@@ -559,6 +559,15 @@ class OpenAICompatibleDebater:
         when the proposal is closed (the ledger would refuse the vote)."""
         if proposal.proposal_id in view.voted or proposal.status != "open":
             return None
+        return await self._decide(view, proposal)
+
+    async def audit(self, view: TaskView, proposal: ProposalView) -> CastVote | None:
+        """The agent's audit of an approved proposal flagged for groupthink (the ledger asks
+        auditors for a second look); the same question as a vote, sent marked as an audit."""
+        answer = await self._decide(view, proposal)
+        return None if answer is None else CastVote(**{**answer.model_dump(), "audit": True})
+
+    async def _decide(self, view: TaskView, proposal: ProposalView) -> CastVote | None:
         mode = self.config.response_format
         # Votes spend real tokens the ledger does not see (CastVote declares none), so they
         # are reserved against the same remaining budget as contributions.

@@ -128,3 +128,7 @@ class Debater(Protocol):
     async def contribute(self, view: TaskView) -> Contribute | Abstain: ...
 
     async def vote(self, view: TaskView, proposal: ProposalView) -> CastVote | None: ...
+
+    # Optional: ``async def audit(view, proposal) -> CastVote | None`` -- the second look an
+    # ``audit`` member gives an approved proposal flagged for groupthink. Without it the agent
+    # loop asks ``vote`` and marks the answer as an audit.

@@ -74,8 +74,10 @@ def signals_at_close(rounds: list[Round], closed: int) -> list[dict[str, Any]]:
             continue
         if not set(contribution["evidence"]) - known_before:
             found.append({"kind": "flip_without_evidence", "round": closed, "agent": agent})
-    # A previous round with fewer than two positions has no agreement to rise from.
+    # Agreement needs two positions on each side: a round where all abstained has none to
+    # rise from, and a round cut short by a decision may hold a single position.
     if (len(previous) >= MIN_UNANIMITY_CONTRIBUTORS
+            and len(positions) >= MIN_UNANIMITY_CONTRIBUTORS
             and _agreement(positions) > _agreement(previous)
             and len(known_before | _evidence(current)) <= len(known_before)):
         found.append({"kind": "agreement_rising_evidence_flat", "round": closed})

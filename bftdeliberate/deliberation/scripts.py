@@ -22,7 +22,9 @@ Byzantine behaviours (DESIGN.md section 8, deliberation side):
 * ``evidence-flood`` — cites far more evidence references than a contribution may carry.
 * ``colluding-groupthink`` — all colluders push one position with no evidence every round and
   approve each other's plan.
-* ``silent`` — never contributes or votes (not even an abstention).
+* ``silent`` — never contributes or votes. The simulator sends nothing at all; through the
+  async Debater protocol (which must answer) it abstains — run a peer with no debater for a
+  member that says nothing.
 
 Besides its answer a debater may return *raw actions* (``raw_actions``): ``(client_id,
 operation_bytes)`` pairs the driver signs with the agent's own key and sends as they are —
