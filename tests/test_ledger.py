@@ -1276,3 +1276,16 @@ def test_agreement_cannot_rise_from_a_round_where_everyone_abstained():
     abstained = [{"agent": a, "position": None, "evidence": []} for a in ("a", "b", "c")]
     agreeing = [{"agent": a, "position": "ship", "evidence": ["r1"]} for a in ("a", "b", "c")]
     assert signals_at_close([agreeing, abstained, agreeing], 2) == []
+
+
+def test_a_vote_declares_its_tokens_and_is_charged_up_to_what_remains():
+    debate = Debate()
+    task = debate.open(token_budget=400)  # 100 per agent
+    proposal = debate.contribute("agent-0", task, "ship", proposal=draft(), tokens=60)[
+        "proposal_id"]
+    for agent in ("agent-1", "agent-2", "agent-3"):
+        debate.contribute(agent, task, "ship")
+    debate.ok("agent-0", CastVote(task_id=task, proposal_id=proposal, decision="approve",
+                                  tokens=500))
+    tokens = debate.status(task)["tokens"]
+    assert tokens["by_agent"]["agent-0"] == 100 and tokens["used"] <= 400

@@ -522,7 +522,7 @@ async def test_vote_valid(server):
         async with debater(server) as agent:
             vote = await agent.vote(view, PROPOSAL)
     assert vote == CastVote(task_id="t1", proposal_id="t1.bob.r0", decision="approve",
-                            notes="the plan tests before deploying")
+                            notes="the plan tests before deploying", tokens=90)
     body = server.requests[0].body
     assert body["response_format"]["json_schema"]["name"] == "VoteDraft"
     assert body["response_format"]["json_schema"]["schema"] == VoteDraft.model_json_schema()
@@ -543,7 +543,7 @@ async def test_audit_reviews_an_approved_proposal_and_marks_the_vote(server):
             assert await agent.vote(view, approved) is None  # not an open proposal
             audit = await agent.audit(view, approved)
     assert audit == CastVote(task_id="t1", proposal_id="t1.bob.r0", decision="approve",
-                             notes="the plan tests before deploying", audit=True)
+                             notes="the plan tests before deploying", tokens=70, audit=True)
     assert len(server.requests) == 1
 
 

@@ -569,8 +569,8 @@ class OpenAICompatibleDebater:
 
     async def _decide(self, view: TaskView, proposal: ProposalView) -> CastVote | None:
         mode = self.config.response_format
-        # Votes spend real tokens the ledger does not see (CastVote declares none), so they
-        # are reserved against the same remaining budget as contributions.
+        # Votes spend real tokens: reserved against the same remaining budget as
+        # contributions and declared on the vote, which the ledger charges to the task.
         answer = await self._ask(
             view, VoteDraft, lambda text: _parse_draft(VoteDraft, text),
             MIN_VOTE_COMPLETION_TOKENS,
@@ -578,7 +578,8 @@ class OpenAICompatibleDebater:
                                        max_prompt_chars=self.config.max_prompt_chars))
         self.stats.vote_tokens += answer.spent
         if isinstance(answer.draft, VoteDraft):
-            return answer.draft.to_op(view, proposal)
+            declared = min(answer.spent, max(0, view.tokens_remaining), MAX_DECLARED_TOKENS)
+            return answer.draft.to_op(view, proposal, tokens=declared)
         self.stats.votes_withheld += 1
         return None
 

@@ -115,9 +115,9 @@ class VoteDraft(_Op):
     decision: Literal["approve", "reject"]
     notes: str = Field("", max_length=MAX_NOTES_LENGTH)
 
-    def to_op(self, view: TaskView, proposal: ProposalView) -> CastVote:
+    def to_op(self, view: TaskView, proposal: ProposalView, tokens: int = 0) -> CastVote:
         return CastVote(task_id=view.task_id, proposal_id=proposal.proposal_id,
-                        decision=self.decision, notes=self.notes)
+                        decision=self.decision, notes=self.notes, tokens=tokens)
 
 
 class Debater(Protocol):

@@ -306,6 +306,7 @@ class Ledger:
             raise Rejected("task_closed", f"task {task['task_id']} is {task['state']}")
         if proposal["status"] != "open":
             raise Rejected("proposal_closed", f"{op.proposal_id} is {proposal['status']}")
+        self._charge(task, agent, min(op.tokens, self._remaining(task, agent)))
         proposal["votes"].append({"agent": agent, "decision": op.decision, "notes": op.notes,
                                   "at_ms": now})
         self._count_votes(task, proposal, now)
@@ -322,6 +323,7 @@ class Ledger:
                            f"flagged proposal {op.proposal_id!r} awaiting audit")
         if any(a["agent"] == agent for a in task["audits"]):
             raise Rejected("duplicate_vote", f"{agent} already audited {op.proposal_id}")
+        self._charge(task, agent, min(op.tokens, self._remaining(task, agent)))
         task["audits"].append({"agent": agent, "decision": op.decision, "notes": op.notes,
                                "at_ms": now})
         return _result(task_id=task["task_id"], proposal_id=op.proposal_id,

@@ -178,6 +178,9 @@ class CastVote(_Op):
     proposal_id: Id
     decision: Literal["approve", "reject"]
     notes: str = Field("", max_length=MAX_NOTES_LENGTH)
+    #: Tokens the vote cost (a model call); charged up to the remaining budget, like an
+    #: abstention: a spent call is accounted, and a vote is never lost to the budget.
+    tokens: int = Field(0, ge=0, le=MAX_DECLARED_TOKENS)
     #: An auditor's review of an approved task flagged for groupthink (needs the ``audit``
     #: role): a separate, later look with the flags in view, not the auditor's debate vote.
     audit: bool = False
