@@ -901,10 +901,14 @@ def test_an_auditor_who_voted_in_the_debate_must_still_audit():
         debate.vote(agent, task, proposal)
     assert debate.status(task)["groupthink"]["flagged"]
     assert not debate.ledger.commit_ready(task)
-    assert debate.ledger.duties("agent-0") == [("audit", task, proposal)]
-    debate.refused("agent-0", CastVote(task_id=task, proposal_id="nope", decision="approve",
+    # Everyone but the author is asked; the author may not audit its own proposal.
+    assert debate.ledger.duties("agent-0") == []
+    assert debate.ledger.duties("agent-1") == [("audit", task, proposal)]
+    debate.refused("agent-0", CastVote(task_id=task, proposal_id=proposal, decision="approve",
+                                       audit=True), "own_proposal")
+    debate.refused("agent-1", CastVote(task_id=task, proposal_id="nope", decision="approve",
                                        audit=True), "no_audit_pending")
-    audit(debate, "agent-0", task, proposal)
+    audit(debate, "agent-1", task, proposal)
     assert debate.ledger.commit_ready(task)
 
 
@@ -1240,6 +1244,7 @@ def test_every_rejection_reason_can_occur():
     refuse("agent-3", Resolve(task_id=other, decision="reject"))                 # not_resolver
     refuse("agent-0", CastVote(task_id=other, proposal_id="p", decision="approve",
                                audit=True))                                      # no_audit_pending
+    seen.add("own_proposal")  # test_an_auditor_who_voted_in_the_debate_must_still_audit
     big = Debate()
     wide = big.open()
     for agent in big.agents:

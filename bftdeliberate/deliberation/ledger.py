@@ -323,6 +323,9 @@ class Ledger:
                            f"flagged proposal {op.proposal_id!r} awaiting audit")
         if any(a["agent"] == agent for a in task["audits"]):
             raise Rejected("duplicate_vote", f"{agent} already audited {op.proposal_id}")
+        if self._author(task, op.proposal_id) == agent:
+            raise Rejected("own_proposal", f"{agent} wrote {op.proposal_id}; another auditor "
+                           "must review it")
         self._charge(task, agent, min(op.tokens, self._remaining(task, agent)))
         task["audits"].append({"agent": agent, "decision": op.decision, "notes": op.notes,
                                "at_ms": now})
@@ -492,6 +495,11 @@ class Ledger:
                           and "human" in self._roles[task["resolved_by"]])
         return (task["state"] == "approved" and task["require_audit"] and bool(task["signals"])
                 and not human_resolved and not self._audit_approvals(task))
+
+    @staticmethod
+    def _author(task: dict[str, Any], proposal_id: str | None) -> str | None:
+        return next((p["author"] for p in task["proposals"]
+                     if p["proposal_id"] == proposal_id), None)
 
     def _audit_approvals(self, task: dict[str, Any]) -> list[str]:
         return sorted(a["agent"] for a in task["audits"] if a["decision"] == "approve")
@@ -672,7 +680,8 @@ class Ledger:
         for task_id in sorted(self._tasks):
             task = self._tasks[task_id]
             if ("audit" in roles and self._audit_pending(task)
-                    and all(a["agent"] != agent for a in task["audits"])):
+                    and all(a["agent"] != agent for a in task["audits"])
+                    and self._author(task, task["decided_proposal"]) != agent):
                 owed.append(("audit", task_id, task["decided_proposal"]))
         return owed
 

@@ -90,6 +90,7 @@ REJECTION_REASONS = (
     "not_resolver",       # resolve from someone who is neither the judge nor a human
     "ledger_full",        # too many tasks, or the ledger's stored bytes at their limit
     "no_audit_pending",   # an audit of a task that is not approved, flagged and unaudited
+    "own_proposal",       # an auditor reviewing its own proposal
     "result_too_large",   # a status read over the reply limit: ask for less (a round, an agent)
 )
 
