@@ -199,7 +199,9 @@ def resolve_params(owner: str, table: dict[str, Param], params: Any) -> dict[str
     if params is None:
         params = {}
     if not isinstance(params, dict):
-        raise ValueError(f"{owner}: params must be an object, got {type(params).__name__}")
+        # ValueError like every other bad parameter: the spec loader reports those by field.
+        raise ValueError(f"{owner}: params must be an object, "  # noqa: TRY004
+                         f"got {type(params).__name__}")
     for name in params:
         if name not in table:
             known = ", ".join(table) or "none"
@@ -1377,7 +1379,7 @@ def make_twin(world: World, member: int, groups: tuple[list, list], *,
         raise ValueError("twin: groups must be two lists")
     for side, group in enumerate(groups):
         if not isinstance(group, (list, tuple, set, frozenset)):
-            raise ValueError(f"twin: groups[{side}] must be a list")
+            raise ValueError(f"twin: groups[{side}] must be a list")  # noqa: TRY004
         for node in group:
             if type(node) is int:
                 if not 0 <= node < n:
@@ -1493,7 +1495,7 @@ def make_bad_client(world: World, client_id: str, params: dict) -> None:
     if client_id not in world.clients:
         raise ValueError(f"bad-client: no client {client_id!r} in this world")
     if isinstance(world.clients[client_id], ByzantineClient):
-        raise ValueError(f"bad-client: {client_id!r} is already Byzantine")
+        raise ValueError(f"bad-client: {client_id!r} is already Byzantine")  # noqa: TRY004
     bad = ByzantineClient(world, client_id, params)
     world.clients[client_id] = bad  # type: ignore[assignment]
     world.set_node(client_id, bad, byzantine=False)

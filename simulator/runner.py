@@ -7,11 +7,14 @@ Phases of a run:
 2. the fault schedule: every event at its time (``world.at``), then GST at ``gst_ms``
    (``network.stabilize()``: loss and duplication stop, partitions and clogs heal);
 3. the closed-loop workload runs until every request completed, a safety oracle fired, or
-   ``max_time_ms`` of simulated time passed;
+   ``max_time_ms`` of simulated time passed -- or, with a ``debate`` section, the agents
+   (``simulator/debate.py``) debate one task on the deliberation ledger until it reached its
+   end at every honest replica;
 4. the verdict: safety is "violated" if any oracle fired (the world's oracles after every
    event and ``final_checks()`` at the end, plus the partition check below); liveness is "ok"
    if the workload completed, "failed" if not, "not-checked" when the spec expects nothing.
-   ``ok`` says whether the outcome matches ``expect``.
+   ``ok`` says whether the outcome matches ``expect`` (and ``debate.expect``: the result's
+   ``debate`` part says what the debate ended with).
 
 The partition check ("minority-progress"): an honest member cut off in a group smaller than a
 quorum may finish slots that were proposed before the cut (their messages were already in
@@ -32,9 +35,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bftdeliberate import kv
+from bftdeliberate.deliberation.ledger import Ledger
 from bftdeliberate.errors import DecodeError
 from bftdeliberate.pbft.config import ReplicaConfig
 from bftdeliberate.wire.messages import decode_envelope
+from simulator.debate import DebateHarness
 from simulator.network import NetworkProfile
 from simulator.spec import BAD_CLIENT, TWIN, Event, Scenario, resolve
 from simulator.world import World
@@ -83,6 +88,8 @@ class RunResult:
     wall_seconds: float
     resolved: dict[str, Any]
     trace: list[dict[str, Any]] | None = field(default=None, repr=False)
+    #: The debate's outcome (scenarios with a ``debate`` section; see simulator/debate.py).
+    debate: dict[str, Any] | None = None
 
     def as_dict(self, *, include_spec: bool = True) -> dict[str, Any]:
         result = {
@@ -98,6 +105,8 @@ class RunResult:
             "bytes_by_type": self.bytes_by_type, "repro": self.repro, "expect": self.expect,
             "ok": self.ok, "wall_seconds": self.wall_seconds,
         }
+        if self.debate is not None:
+            result["debate"] = self.debate
         if include_spec:
             result["resolved"] = self.resolved
         return result
@@ -117,9 +126,12 @@ def workload(requests: int):
 
 
 def build_world(scenario: Scenario, *, record_trace: bool = False) -> World:
-    """The world of a concrete scenario, Byzantine members installed, nothing scheduled."""
+    """The world of a concrete scenario, Byzantine members installed, nothing scheduled. With
+    a debate the application is the deliberation ledger and the genesis roles are the
+    debate's."""
     network = scenario.network
     replica = scenario.replica
+    debate = scenario.debate
     world = World(
         scenario.n,
         seed=scenario.seed,
@@ -132,6 +144,8 @@ def build_world(scenario: Scenario, *, record_trace: bool = False) -> World:
         clock_skew_ms=scenario.clock.skew_ms,
         clock_drift=scenario.clock.drift,
         record_trace=record_trace,
+        app_for_committee=None if debate is None else Ledger,
+        roles=None if debate is None else debate.member_roles(scenario.n),
     )
     install_byzantine(world, scenario)
     return world
@@ -295,20 +309,29 @@ def run_scenario(spec: Scenario, *, n: int | None = None, seed: int | None = Non
     scenario = resolve(overridden)
     world = build_world(scenario, record_trace=record_trace)
     watch = schedule(world, scenario)
-    world.start_workload(workload(scenario.workload.requests))
+    harness: DebateHarness | None = None
+    if scenario.debate is not None:
+        harness = DebateHarness(world, scenario)
+        harness.start()
+        done: Callable[[], bool] = harness.is_settled
+    else:
+        world.start_workload(workload(scenario.workload.requests))
+        done = world.workload_done
     oracles = world.oracles
     with _cyclic_gc_paused():
         # Stop at the first violation: the run has failed, and more events only add noise.
-        world.run(until=lambda: bool(oracles.violations) or world.workload_done(),
+        world.run(until=lambda: bool(oracles.violations) or done(),
                   max_time=scenario.max_time_ms / MS)
-        if scenario.expect.convergence and world.workload_done() and not oracles.violations:
+        if scenario.expect.convergence and done() and not oracles.violations:
             world.run(until=lambda: bool(oracles.violations) or converged(world),
                       max_time=min(scenario.max_time_ms / MS,
                                    world.now + CONVERGENCE_BUDGET_MS / MS))
     if watch is not None:
         watch.end()
     oracles.final_checks()
-    return _verdict(spec, scenario, world, requests, time.perf_counter() - started)
+    if harness is not None:
+        harness.oracles.final()
+    return _verdict(spec, scenario, world, requests, time.perf_counter() - started, harness)
 
 
 def converged(world: World) -> bool:
@@ -319,16 +342,19 @@ def converged(world: World) -> bool:
 
 
 def _verdict(spec: Scenario, scenario: Scenario, world: World, requests: int | None,
-             wall_seconds: float) -> RunResult:
+             wall_seconds: float, harness: DebateHarness | None = None) -> RunResult:
     expect = scenario.expect
     safe = not world.violations
     same = converged(world)
-    done = world.workload_done() and (same or not expect.convergence)
+    completed_all = world.workload_done() if harness is None else harness.settled
+    done = completed_all and (same or not expect.convergence)
     if expect.liveness is None:
         liveness = LIVENESS_NOT_CHECKED
     else:
         liveness = LIVENESS_OK if done else LIVENESS_FAILED
-    ok = safe == expect.safety and (expect.liveness is None or done == expect.liveness)
+    debate = None if harness is None else harness.result()
+    ok = (safe == expect.safety and (expect.liveness is None or done == expect.liveness)
+          and (debate is None or debate["expect_met"]))
     traffic = world.traffic
     return RunResult(
         scenario=scenario.name,
@@ -337,11 +363,11 @@ def _verdict(spec: Scenario, scenario: Scenario, world: World, requests: int | N
         f=world.committee.f,
         safety=SAFETY_OK if safe else SAFETY_VIOLATED,
         liveness=liveness,
-        completed_all=world.workload_done(),
+        completed_all=completed_all,
         converged=same,
         violations=[violation.as_dict() for violation in world.violations],
         committed=len(world.completed),
-        requests=scenario.workload.requests,
+        requests=scenario.workload.requests if harness is None else harness.requests,
         executed=[replica.last_executed for replica in world.replicas],
         views=[replica.view for replica in world.replicas],
         byzantine_members=sorted(world.byzantine),
@@ -358,4 +384,5 @@ def _verdict(spec: Scenario, scenario: Scenario, world: World, requests: int | N
         wall_seconds=round(wall_seconds, 4),
         resolved=scenario.model_dump(by_alias=True, exclude_none=True),
         trace=world.trace,
+        debate=debate,
     )

@@ -32,6 +32,36 @@ Semantics worth knowing:
   which is what a run reports.
 * ``replica`` (an addition to the issue's format, optional): the replicas' checkpoint
   interval, log window and batch size, so 50-request runs can cross checkpoints.
+* ``debate`` (optional; absent: the key-value workload): the replicated application is the
+  deliberation ledger and one task is debated instead (``simulator/debate.py`` runs it)::
+
+    "debate": {
+      "task": {"question": "Roll out the fix?", "max_rounds": 3, "round_ms": 2000,
+               "vote_ms": 2000, "deadline_ms": 30000, "token_budget": 4000,
+               "agent_token_budget": 500, "threshold": null, "judge": null,
+               "require_audit": true},
+      "opener": 0, "open_at_ms": 100,
+      "default_agent": {"behaviour": "honest", "position": "roll out with a canary",
+                        "evidence": ["log:incident-{member}"], "think_ms": [200, 800]},
+      "agents": [{"member": 0, "plan": [{"step": "test", "cmd": "make test"}]},
+                 {"member": 1, "behaviour": "vote-flip", "think_ms": [0, 0]}],
+      "default_roles": ["audit", "human", "propose", "submit", "vote"],
+      "roles": [{"member": -1, "roles": ["audit"]}],
+      "resolve": {"member": -1, "decision": "approve", "proposal_of": 0},
+      "audit": {"member": -1, "decision": "approve"},
+      "expect": {"decision": "approved", "exit_reason": "threshold_reached",
+                 "flagged": false, "commit_ready": true, "rejected": ["duplicate_vote"]}}
+
+  Every member runs an agent: its ``agents`` entry over ``default_agent`` (the fields of a
+  ``deliberation.scripts.Script``, plan steps in the proposal format, and ``think_ms``: the
+  model's latency per answer); ``{member}`` in its texts becomes the member's index. Member
+  references may be negative, counted from the end (-1 is member n-1), so one file scales to
+  any n. ``roles`` override the genesis roles (roles come only from genesis: this changes the
+  generated committee). ``resolve``: that member (``human`` role, or the judge) decides an
+  escalated task; ``audit``: that member audits a flagged approval. A member whose debater
+  behaviour is Byzantine counts against f like a Byzantine member. ``debate.expect`` is
+  checked against an honest replica's ledger; ``expect.liveness`` then means the task reached
+  its end (decided or escalated; resolved and audited when the spec says who does it).
 
 Errors are one line naming the file and the field (``ConfigError``), e.g.
 ``my.json: events.2.at_ms: times out of order (2000 after 4000)``.
@@ -43,7 +73,7 @@ import json
 import random
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -55,6 +85,44 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from bftdeliberate.committee import ROLES
+from bftdeliberate.deliberation.ledger import EXIT_REASONS
+from bftdeliberate.deliberation.ops import (
+    DEFAULT_DEADLINE_MS,
+    DEFAULT_MAX_ROUNDS,
+    DEFAULT_ROUND_MS,
+    DEFAULT_TOKEN_BUDGET,
+    DEFAULT_VOTE_MS,
+    MAX_ARGUMENT_LENGTH,
+    MAX_CONTEXT_LENGTH,
+    MAX_DECLARED_TOKENS,
+    MAX_DURATION_MS,
+    MAX_EVIDENCE_REF_LENGTH,
+    MAX_EVIDENCE_REFS,
+    MAX_POSITION_LENGTH,
+    MAX_QUESTION_LENGTH,
+    MAX_ROUNDS,
+    MAX_TOKEN_BUDGET,
+    MIN_ROUND_MS,
+    REJECTION_REASONS,
+)
+from bftdeliberate.deliberation.proposal import (
+    MAX_NOTES_LENGTH,
+    MAX_PLAN_STEPS,
+    MAX_RISKS,
+    MAX_STOP_CONDITIONS,
+    PlanStep,
+    Tag,
+)
+from bftdeliberate.deliberation.scripts import (
+    BEHAVIOURS as DEBATER_BEHAVIOURS,
+)
+from bftdeliberate.deliberation.scripts import (
+    BYZANTINE_BEHAVIOURS as BYZANTINE_DEBATERS,
+)
+from bftdeliberate.deliberation.scripts import (
+    DEFAULT_SCRIPTED_TOKENS,
+)
 from bftdeliberate.errors import ConfigError
 from bftdeliberate.pbft.config import (
     DEFAULT_BATCH_SIZE,
@@ -218,6 +286,193 @@ class Expect(_Model):
         return bool(self.liveness) if self.converge is None else self.converge
 
 
+# ------------------------------------------------------------------- debate section
+
+#: A debater's "thinking" (model latency) is drawn per answer from ``think_ms``; at most this.
+MAX_THINK_MS = 60_000.0
+#: Members a debate section may name: a non-negative index, or a negative one counted from
+#: the end (-1 is member n-1), so one scenario file scales to every n.
+MemberRef = int
+#: Text an agent script may carry (``{member}`` in it becomes the member's index).
+Position = Annotated[str, Field(min_length=1, max_length=MAX_POSITION_LENGTH,
+                               pattern=r"^[^\x00-\x1f\x7f]+$")]
+EvidenceRef = Annotated[str, Field(min_length=1, max_length=MAX_EVIDENCE_REF_LENGTH,
+                                   pattern=r"^[^\x00-\x1f\x7f]+$")]
+DEFAULT_POSITION = "approve the plan"
+
+
+class DebateTask(_Model):
+    """The task the opener puts to the committee (the ledger's ``open_task``)."""
+
+    question: str = Field("Should the committee apply the proposed change?", min_length=1,
+                          max_length=MAX_QUESTION_LENGTH)
+    context: str = Field("", max_length=MAX_CONTEXT_LENGTH)
+    evidence: list[EvidenceRef] = Field(default_factory=list, max_length=MAX_EVIDENCE_REFS)
+    max_rounds: int = Field(DEFAULT_MAX_ROUNDS, ge=1, le=MAX_ROUNDS)
+    round_ms: int = Field(DEFAULT_ROUND_MS, ge=MIN_ROUND_MS, le=MAX_DURATION_MS,
+                          description="a round closes after this long without every "
+                                      "contributor")
+    vote_ms: int = Field(DEFAULT_VOTE_MS, ge=MIN_ROUND_MS, le=MAX_DURATION_MS,
+                         description="votes stay open this long after the debate ended")
+    deadline_ms: int = Field(DEFAULT_DEADLINE_MS, ge=MIN_ROUND_MS, le=MAX_DURATION_MS,
+                             description="the whole task's lifetime from opening")
+    token_budget: int = Field(DEFAULT_TOKEN_BUDGET, ge=1, le=MAX_TOKEN_BUDGET)
+    agent_token_budget: int | None = Field(None, ge=1, le=MAX_TOKEN_BUDGET,
+                                           description="null: the task budget split evenly")
+    threshold: int | None = Field(None, ge=1, description="approvals needed (null: 2f+1)")
+    judge: MemberRef | None = Field(None, description="member whose agent judges an "
+                                                      "escalated task (null: a human)")
+    require_audit: bool = Field(True, description="a groupthink-flagged approval needs an "
+                                                  "'audit' member's approval before commit")
+
+
+class AgentScript(_Model):
+    """A scripted debater (``deliberation.scripts.Script``); ``{member}`` in its texts becomes
+    the member's index (distinct evidence per member from one default)."""
+
+    behaviour: str = Field("honest", description="a debater behaviour (honest, conformist, "
+                                                 "garbage, or a Byzantine one)")
+    position: Position = DEFAULT_POSITION
+    argument: str = Field("", max_length=MAX_ARGUMENT_LENGTH)
+    evidence: list[EvidenceRef] = Field(default_factory=list, max_length=MAX_EVIDENCE_REFS)
+    confidence: int = Field(70, ge=0, le=100, description="percent")
+    tokens: int = Field(DEFAULT_SCRIPTED_TOKENS, ge=0, le=MAX_DECLARED_TOKENS,
+                        description="tokens each answer declares")
+    plan: list[PlanStep] | None = Field(None, min_length=1, max_length=MAX_PLAN_STEPS,
+                                        description="proposal plan steps it proposes in "
+                                                    "round 0")
+    risks: list[Tag] = Field(default_factory=list, max_length=MAX_RISKS)
+    stop_conditions: list[Tag] = Field(default_factory=list, max_length=MAX_STOP_CONDITIONS)
+    stop: Tag | None = Field(None, description="a stop condition raised every round")
+    later_positions: list[Position] = Field(
+        default_factory=list, max_length=MAX_ROUNDS,
+        description="round r >= 1 takes later_positions[r-1] (the last one repeats)")
+    victim: MemberRef | None = Field(None, description="impersonate: whose name it forges")
+    think_ms: tuple[float, float] = Field(
+        (0.0, 0.0), description="uniform delay [low, high] before each answer is sent")
+
+    @model_validator(mode="after")
+    def _think_range(self) -> AgentScript:
+        low, high = self.think_ms
+        if not 0.0 <= low <= high <= MAX_THINK_MS:
+            raise _field_error("think_ms", f"need 0 <= low <= high <= {MAX_THINK_MS:g}, "
+                                           f"got [{low:g}, {high:g}]")
+        return self
+
+
+class AgentEntry(AgentScript):
+    """One member's agent; fields left out come from ``default_agent``."""
+
+    member: MemberRef
+
+
+class RoleEntry(_Model):
+    member: MemberRef
+    roles: list[str] = Field(description=f"genesis roles ({', '.join(sorted(ROLES))})")
+
+
+class ResolveSpec(_Model):
+    """A person (``human`` role) or the judge at ``member`` decides an escalated task."""
+
+    member: MemberRef
+    decision: Literal["approve", "reject"] = "approve"
+    proposal_of: MemberRef | None = Field(
+        None, description="approve this member's proposal (null: the most approved one)")
+    notes: str = Field("", max_length=MAX_NOTES_LENGTH)
+
+
+class AuditSpec(_Model):
+    """The member (``audit`` role) who reviews the approved proposal of a groupthink-flagged
+    task, which is not commit-ready before an auditor approves; other members with the role
+    leave audits to it."""
+
+    member: MemberRef
+    decision: Literal["approve", "reject"] = "approve"
+
+
+class DebateExpect(_Model):
+    """Checked against an honest replica's ledger at the end (null: not checked)."""
+
+    decision: Literal["approved", "rejected", "escalated"] | None = None
+    exit_reason: str | None = Field(None, description=f"one of {', '.join(EXIT_REASONS)}")
+    flagged: bool | None = Field(None, description="groupthink signals were recorded")
+    commit_ready: bool | None = None
+    audit_gated: bool | None = Field(
+        None, description="the approved task waited for an auditor before it was "
+                          "commit-ready")
+    resolved: bool | None = Field(None, description="a human or the judge decided it")
+    rejected: list[str] = Field(
+        default_factory=list, description="rejection reasons that must each occur at least "
+                                          "once")
+
+
+class DebateSpec(_Model):
+    """One deliberation task on the replicated ledger instead of the key-value workload."""
+
+    task: DebateTask = DebateTask()
+    opener: MemberRef = Field(0, description="member whose agent opens the task "
+                                             "(needs 'propose')")
+    open_at_ms: float = Field(100.0, ge=0.0, le=MAX_TIME_MS)
+    default_agent: AgentScript = AgentScript()
+    agents: list[AgentEntry] = Field(default_factory=list)
+    default_roles: list[str] = Field(default_factory=lambda: sorted(ROLES),
+                                     description="roles of members no roles entry names")
+    roles: list[RoleEntry] = Field(default_factory=list)
+    resolve: ResolveSpec | None = None
+    audit: AuditSpec | None = None
+    expect: DebateExpect = DebateExpect()
+
+    def member_roles(self, n: int) -> dict[int, tuple[str, ...]]:
+        """Every member's genesis roles at committee size n."""
+        roles = {member: tuple(sorted(set(self.default_roles))) for member in range(n)}
+        for entry in self.roles:
+            roles[entry.member % n] = tuple(sorted(set(entry.roles)))
+        return roles
+
+    def agent_scripts(self, n: int) -> dict[int, AgentScript]:
+        """Every member's agent script at size n (entries over ``default_agent``), with
+        ``{member}`` filled in and member references made non-negative."""
+        base = _script_fields(self.default_agent, unset=False)
+        explicit = {entry.member % n: entry for entry in self.agents}
+        scripts: dict[int, AgentScript] = {}
+        for member in range(n):
+            fields = dict(base)
+            entry = explicit.get(member)
+            if entry is not None:
+                fields.update(_script_fields(entry, unset=True))
+                fields.pop("member")
+            fields = _fill_member(fields, member)
+            if fields.get("victim") is not None:
+                fields["victim"] = fields["victim"] % n
+            scripts[member] = AgentScript.model_validate(fields)
+        return scripts
+
+    def byzantine_members(self, n: int) -> list[int]:
+        return sorted(member for member, script in self.agent_scripts(n).items()
+                      if script.behaviour in BYZANTINE_DEBATERS)
+
+
+def _script_fields(script: AgentScript, *, unset: bool) -> dict[str, Any]:
+    """A script's fields as plain data (``unset``: only those the file set); plan steps leave
+    their absent fields out (a step refuses an explicit null)."""
+    fields = script.model_dump(exclude_unset=unset)
+    if fields.get("plan") is not None:
+        fields["plan"] = [step.model_dump(exclude_none=True) for step in script.plan or ()]
+    return fields
+
+
+def _fill_member(value: Any, member: int) -> Any:
+    if isinstance(value, str):
+        return value.replace("{member}", str(member))
+    if isinstance(value, list):
+        return [_fill_member(item, member) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_fill_member(item, member) for item in value)
+    if isinstance(value, dict):
+        return {key: _fill_member(item, member) for key, item in value.items()}
+    return value
+
+
 class Scenario(_Model):
     """Scenario spec v1."""
 
@@ -242,6 +497,9 @@ class Scenario(_Model):
     max_time_ms: float = Field(300_000.0, gt=0.0, le=MAX_TIME_MS,
                                description="simulated time budget of the whole run")
     expect: Expect = Expect()
+    debate: DebateSpec | None = Field(
+        None, description="a deliberation task on the ledger instead of the key-value "
+                          "workload (absent: the workload)")
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -255,6 +513,13 @@ class Scenario(_Model):
     @property
     def byzantine_members(self) -> list[int]:
         return sorted({entry.member for entry in self.byzantine if entry.member is not None})
+
+    @property
+    def faulty_members(self) -> list[int]:
+        """Members that count against f: Byzantine members and members whose debater is
+        Byzantine."""
+        debaters = self.debate.byzantine_members(self.n) if self.debate is not None else []
+        return sorted(set(self.byzantine_members) | set(debaters))
 
     def with_overrides(self, *, n: int | None = None, seed: int | None = None,
                        requests: int | None = None) -> Scenario:
@@ -462,10 +727,123 @@ def _check_events(scenario: Scenario) -> None:
             down.discard(event.restart)
 
 
+def _member_ref(where: str, member: int, n: int) -> int:
+    """A debate member reference at size n (negative: from the end), or a field error."""
+    if not -n <= member < n:
+        raise _field_error(where, f"member {member} does not exist (n={n}, members are "
+                                  f"0..{n - 1}, or -1..-{n} from the end)")
+    return member % n
+
+
+def _check_debate(scenario: Scenario) -> None:
+    debate = scenario.debate
+    assert debate is not None
+    n, f = scenario.n, scenario.f
+    roles_seen: set[int] = set()
+    for index, entry in enumerate(debate.roles):
+        member = _member_ref(f"debate.roles.{index}.member", entry.member, n)
+        if member in roles_seen:
+            raise _field_error(f"debate.roles.{index}.member", f"member {member} has two "
+                                                                "roles entries")
+        roles_seen.add(member)
+        for role_index, role in enumerate(entry.roles):
+            if role not in ROLES:
+                raise _field_error(f"debate.roles.{index}.roles.{role_index}",
+                                   f"unknown role {role!r} (known: {', '.join(sorted(ROLES))})")
+    for role_index, role in enumerate(debate.default_roles):
+        if role not in ROLES:
+            raise _field_error(f"debate.default_roles.{role_index}",
+                               f"unknown role {role!r} (known: {', '.join(sorted(ROLES))})")
+    roles = debate.member_roles(n)
+    for where, script in [("debate.default_agent", debate.default_agent),
+                          *((f"debate.agents.{i}", e) for i, e in enumerate(debate.agents))]:
+        if script.behaviour not in DEBATER_BEHAVIOURS:
+            raise _field_error(f"{where}.behaviour",
+                               f"unknown debater behaviour {script.behaviour!r} (known: "
+                               f"{', '.join(DEBATER_BEHAVIOURS)})")
+    agents_seen: set[int] = set()
+    for index, entry in enumerate(debate.agents):
+        member = _member_ref(f"debate.agents.{index}.member", entry.member, n)
+        if member in agents_seen:
+            raise _field_error(f"debate.agents.{index}.member", f"member {member} has two "
+                                                                 "agents")
+        agents_seen.add(member)
+    try:
+        scripts = debate.agent_scripts(n)
+    except ValidationError as error:  # e.g. a text too long once {member} is filled in
+        raise _field_error("debate.agents", _one_line(error)) from None
+    for index, entry in enumerate(debate.agents):
+        script = scripts[entry.member % n]
+        if script.behaviour == "impersonate" and script.victim is None:
+            raise _field_error(f"debate.agents.{index}.victim", "impersonate needs a victim")
+        if entry.victim is not None:
+            victim = _member_ref(f"debate.agents.{index}.victim", entry.victim, n)
+            if victim == entry.member % n:
+                raise _field_error(f"debate.agents.{index}.victim", "an agent cannot "
+                                                                     "impersonate itself")
+    if debate.default_agent.victim is not None:
+        _member_ref("debate.default_agent.victim", debate.default_agent.victim, n)
+        if debate.default_agent.behaviour == "impersonate":
+            raise _field_error("debate.default_agent.behaviour", "impersonate names one "
+                                                                 "victim: use an agents entry")
+    if debate.open_at_ms > scenario.max_time_ms:
+        raise _field_error("debate.open_at_ms", f"after max_time_ms ({debate.open_at_ms:g} > "
+                                                f"{scenario.max_time_ms:g})")
+    opener = _member_ref("debate.opener", debate.opener, n)
+    if "propose" not in roles[opener]:
+        raise _field_error("debate.opener", f"member {opener} lacks the 'propose' role")
+    task = debate.task
+    judge = None
+    if task.judge is not None:
+        judge = _member_ref("debate.task.judge", task.judge, n)
+    voters = sum("vote" in member_roles for member_roles in roles.values())
+    contributors = sum("propose" in member_roles for member_roles in roles.values())
+    if contributors == 0:
+        raise _field_error("debate.roles", "no member has the 'propose' role")
+    quorum = 2 * f + 1
+    if task.threshold is not None and not quorum <= task.threshold <= voters:
+        raise _field_error("debate.task.threshold", f"{task.threshold} is not in {quorum}.."
+                                                    f"{voters} (2f+1 .. members with 'vote')")
+    if task.threshold is None and voters < quorum:
+        raise _field_error("debate.roles", f"{voters} members have the 'vote' role; the "
+                                           f"default threshold 2f+1 = {quorum} needs as many")
+    if debate.resolve is not None:
+        resolver = _member_ref("debate.resolve.member", debate.resolve.member, n)
+        if "human" not in roles[resolver] and resolver != judge:
+            raise _field_error("debate.resolve.member", f"member {resolver} has no 'human' role "
+                                                        "and is not the judge")
+        if debate.resolve.proposal_of is not None:
+            _member_ref("debate.resolve.proposal_of", debate.resolve.proposal_of, n)
+    if debate.audit is not None:
+        auditor = _member_ref("debate.audit.member", debate.audit.member, n)
+        if "audit" not in roles[auditor]:
+            raise _field_error("debate.audit.member", f"member {auditor} lacks the 'audit' "
+                                                      "role")
+    expect = debate.expect
+    if expect.exit_reason is not None and expect.exit_reason not in EXIT_REASONS:
+        raise _field_error("debate.expect.exit_reason",
+                           f"unknown exit reason {expect.exit_reason!r} (known: "
+                           f"{', '.join(EXIT_REASONS)})")
+    for index, reason in enumerate(expect.rejected):
+        if reason not in REJECTION_REASONS:
+            raise _field_error(f"debate.expect.rejected.{index}",
+                               f"unknown rejection reason {reason!r} (known: "
+                               f"{', '.join(REJECTION_REASONS)})")
+    faulty = scenario.faulty_members
+    if scenario.expect.safety and len(faulty) > f:
+        raise _field_error("expect.safety", f"true is not promised with {len(faulty)} faulty "
+                                            f"members (Byzantine or with a Byzantine debater: "
+                                            f"{', '.join(map(str, faulty))}) at n={n} (f={f}); "
+                                            "a negative control says false")
+
+
 def _check_scenario(scenario: Scenario) -> None:
     if scenario.gst_ms > scenario.max_time_ms:
         raise _field_error("gst_ms", f"after max_time_ms ({scenario.gst_ms:g} > "
                                      f"{scenario.max_time_ms:g})")
+    if scenario.generator is not None and scenario.debate is not None:
+        raise _field_error("debate", f"generator {scenario.generator!r} does not combine with "
+                                     "a debate")
     if scenario.generator is not None:
         filled = [name for name in GENERATED_FIELDS if name in scenario.model_fields_set]
         if filled:
@@ -474,6 +852,8 @@ def _check_scenario(scenario: Scenario) -> None:
         return
     _check_byzantine(scenario)
     _check_events(scenario)
+    if scenario.debate is not None:
+        _check_debate(scenario)
 
 
 def _one_line(error: ValidationError) -> str:
@@ -492,8 +872,9 @@ def _one_line(error: ValidationError) -> str:
     elif kind == "literal_error" and first["loc"] == ("spec",):
         message = (f"unsupported spec version {first['input']!r} (this bftd reads spec "
                    f"{SPEC_VERSION})")
-    elif kind == "scenario":
-        # Our own errors carry their field path; prefix the model's location if nested.
+    elif kind in ("scenario", "proposal_field"):
+        # Our own errors (and a plan step's) carry their field path; prefix the model's
+        # location if nested.
         inner = first["ctx"]["where"]
         where = f"{where}.{inner}" if where else inner
         message = first["ctx"]["why"]
@@ -567,7 +948,10 @@ def scenario_json_schema() -> dict[str, Any]:
         "A simulated run as data. Byzantine entries: 'member' + behaviour, or 'client' + "
         "'bad-client'; behaviour 'twin' takes params.groups (two member lists). Each event "
         "has at_ms and exactly one action; times never decrease; network faults come before "
-        "gst_ms. Members listed in no partition group form one more group.")
+        "gst_ms. Members listed in no partition group form one more group. A 'debate' "
+        "section replaces the key-value workload by one deliberation task; its member "
+        "references may be negative (from the end), '{member}' in agent texts becomes the "
+        "member's index.")
     return schema
 
 

@@ -100,7 +100,7 @@ def _init_worker(scenarios: list[Scenario]) -> None:
     for scenario in scenarios[:1]:
         try:
             run_scenario(scenario, seed=0, requests=WARM_UP_REQUESTS)
-        except Exception:  # noqa: BLE001 - only a warm-up; the real run reports any failure
+        except Exception:  # noqa: BLE001, S110 - only a warm-up; the real run reports any failure
             pass
     gc.freeze()
 

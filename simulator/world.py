@@ -22,7 +22,7 @@ import heapq
 import itertools
 import random
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -137,6 +137,16 @@ class CompletedRequest:
     completed_at: float
 
 
+def with_roles(committee: Committee, roles: Mapping[int, Sequence[str]]) -> Committee:
+    """``committee`` with the genesis roles of some members replaced (roles come only from
+    the genesis manifest, so this makes another committee, with another digest)."""
+    members = tuple(
+        member.model_copy(update={"roles": tuple(sorted(set(roles[member.id])))})
+        if member.id in roles else member
+        for member in committee.members)
+    return committee.model_copy(update={"members": members})
+
+
 class World:
     """n members (honest replicas or Byzantine wrappers) and some clients of one committee."""
 
@@ -152,6 +162,8 @@ class World:
         clock_skew_ms: float = 0.0,
         clock_drift: float = 0.0,
         app_factory: Callable[[], StateMachine] = KeyValueStore,
+        app_for_committee: Callable[[Committee], StateMachine] | None = None,
+        roles: Mapping[int, Sequence[str]] | None = None,
         cpu_clock: Callable[[], float] | None = None,
         record_trace: bool = False,
         max_events: int = DEFAULT_MAX_EVENTS,
@@ -161,11 +173,15 @@ class World:
         committee, member_keys, client_keys = make_committee(
             n, clients=clients, rng=self.rng("keys"), backend=self.backend
         )
+        if roles:
+            committee = with_roles(committee, roles)
         self.committee: Committee = committee
         self.member_keys: list[PrivateKey] = member_keys
         self.client_keys: dict[str, PrivateKey] = client_keys
         self.config = config or ReplicaConfig()
-        self.app_factory = app_factory
+        self.app_factory: Callable[[], StateMachine] = (
+            app_factory if app_for_committee is None
+            else (lambda: app_for_committee(self.committee)))
         self.replicas: list[Replica] = [self.make_replica(i) for i in range(n)]
         self.clients: dict[str, Client] = {
             cid: Client(cid, key, committee, verifier=self.make_verifier())
@@ -187,6 +203,8 @@ class World:
         self.link_filters: list[LinkFilter] = []
         #: Called with (member, Execute) for every execution, after the oracles saw it.
         self.execution_observers: list[Callable[[int, Execute], None]] = []
+        #: Called with every request a client completed (after the workload saw it).
+        self.completion_observers: list[Callable[[CompletedRequest], None]] = []
         self.traffic = Traffic()
         self.disks: dict[int, SimDisk] = {i: SimDisk() for i in range(n)}
         self.evidence: list[tuple[Node, Evidence]] = []
@@ -226,6 +244,19 @@ class World:
         return Replica(member, self.committee, self.member_keys[member], self.app_factory(),
                        self.config, verifier=self.make_verifier())
 
+    def add_client(self, client_id: str, key: PrivateKey, *, clock_of: Node | None = None,
+                   ) -> Client:
+        """A further client node (a member's agent signs requests under the member's name
+        with the member's key); ``clock_of``: it reads that node's local clock."""
+        if client_id in self.nodes:
+            raise ValueError(f"node {client_id!r} already exists")
+        client = Client(client_id, key, self.committee, verifier=self.make_verifier())
+        self.clients[client_id] = client
+        self.nodes[client_id] = client
+        if clock_of is not None and clock_of in self._clock:
+            self._clock[client_id] = self._clock[clock_of]
+        return client
+
     def set_node(self, node_id: Node, node: NodeLike, *, byzantine: bool = True) -> None:
         """Replace what handles ``node_id``'s traffic (e.g. with a Byzantine wrapper)."""
         self.nodes[node_id] = node
@@ -239,6 +270,10 @@ class World:
     def local_time(self, node: Node, at: float | None = None) -> float:
         offset, drift = self._clock.get(node, (0.0, 0.0))
         return CLOCK_EPOCH + (self.now if at is None else at) * (1.0 + drift) + offset
+
+    def global_time(self, node: Node, local: float) -> float:
+        """The global time at which ``node``'s local clock reads ``local``."""
+        return self._global_time(node, local)
 
     def _global_time(self, node: Node, local: float) -> float:
         offset, drift = self._clock.get(node, (0.0, 0.0))
@@ -484,4 +519,6 @@ class World:
         self.completed.append(record)
         if self._on_completed is not None:
             self._on_completed(record)
+        for observer in self.completion_observers:
+            observer(record)
         self._next_operation(client_id)

@@ -50,8 +50,10 @@ def test_builtin_scenario_meets_its_expectation(name):
     for seed in SEEDS:
         result = run_scenario(scenario, seed=seed)
         assert result.ok, _explain(result)
-        if scenario.expect.liveness:
+        if scenario.expect.liveness and scenario.debate is None:
             assert result.committed == scenario.workload.requests
+        elif scenario.expect.liveness:  # a debate: its task settled (tests/test_sim_debate.py)
+            assert result.debate["settled"] and result.debate["expect_met"]
 
 
 @pytest.mark.parametrize("n, seed", CHAOS_RUNS)
