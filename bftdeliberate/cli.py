@@ -7,6 +7,7 @@ line on stderr, no traceback).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -205,6 +206,7 @@ EXAMPLES = {
                "  bftd sim run --spec my-scenario.json --trace run.jsonl --check-determinism",
     "sim sweep": "examples:\n  bftd sim sweep --scenarios baseline,twins --seeds 20\n"
                  "  bftd sim sweep --scenarios all --n 4,7 --seeds 500 --jobs 2\n"
+                 "  bftd sim sweep --scenarios 'debate-*' --n 4,7 --seeds 20\n"
                  "  bftd sim sweep --scenarios chaos --seed-range 1000:2000 --json",
     "sim schema": "examples:\n  bftd sim schema > scenario-v1.schema.json",
     "proposal validate": "examples:\n  bftd proposal validate proposal.json\n"
@@ -479,8 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim_sweep = _command(sim, "sweep", "many seeds of many scenarios; exit 1 if any run misses "
                                        "its expect", EXAMPLES["sim sweep"])
     sim_sweep.add_argument("--scenarios", default="all",
-                           help="'all', or comma-separated built-in names and spec files "
-                                "(default all)")
+                           help="'all', or comma-separated built-in names, patterns "
+                                "('debate-*') and spec files (default all)")
     sim_sweep.add_argument("--n", type=_member_list, default=None,
                            help="committee sizes, e.g. 4,7 (default: each scenario's own)")
     seeds = sim_sweep.add_mutually_exclusive_group()
@@ -801,6 +803,16 @@ def cmd_sim_run(args: argparse.Namespace, console: Console) -> int:
                   f"{result.messages['total']} messages, {result.bytes} bytes, in "
                   f"{result.wall_seconds * 1000:.0f} ms; views {result.views}; executed "
                   f"{result.executed}; Byzantine {result.byzantine_members or 'none'}")
+    if result.debate is not None:
+        debate = result.debate
+        tokens = debate.get("tokens") or {}
+        console.print(
+            f"debate {debate.get('task_id')}: decision {debate.get('decision')} (exit "
+            f"{debate.get('exit_reason')}), rounds {debate.get('rounds')}/"
+            f"{debate.get('max_rounds')}, approvals {debate.get('approvals')}, tokens "
+            f"{tokens.get('used')}/{tokens.get('budget')}, flags {debate.get('signals')}, "
+            f"commit ready {debate.get('commit_ready')}, rejected "
+            f"{debate.get('rejection_counts')}", markup=False, highlight=False)
     console.print(f"trace {result.trace_hash}", highlight=False)
     if args.check_determinism:
         console.print("determinism: " + ("[green]same trace hash twice[/]" if same_trace
@@ -824,8 +836,18 @@ def cmd_sim_sweep(args: argparse.Namespace, console: Console) -> int:
     from simulator.sweep import default_jobs, sweep
 
     known = builtin_names()
-    names = known if args.scenarios.strip() == "all" else [
-        name.strip() for name in args.scenarios.split(",") if name.strip()]
+    names = []
+    for entry in ["*"] if args.scenarios.strip() == "all" else args.scenarios.split(","):
+        entry = entry.strip()
+        if any(char in entry for char in "*?[") and not entry.endswith(".json"):
+            # A shell-style pattern over the built-in names ('debate-*', 'commit-*').
+            matched = [name for name in known if fnmatch.fnmatchcase(name, entry)]
+            if not matched:
+                raise ConfigError(f"--scenarios: {entry!r} matches no built-in scenario "
+                                  f"(known: {', '.join(known)})")
+            names += [name for name in matched if name not in names]
+        elif entry:
+            names.append(entry)
     # An entry that looks like a path is a user's spec file.
     is_file = [name.endswith(".json") or "/" in name for name in names]
     unknown = [name for name, file in zip(names, is_file) if not file and name not in known]

@@ -909,6 +909,10 @@ def test_an_auditor_who_voted_in_the_debate_must_still_audit():
     debate.refused("agent-1", CastVote(task_id=task, proposal_id="nope", decision="approve",
                                        audit=True), "no_audit_pending")
     audit(debate, "agent-1", task, proposal)
+    # f+1 = 2 auditors: one (possibly Byzantine) auditor cannot clear the gate alone.
+    assert debate.ledger.audits_needed(task) == 2
+    assert not debate.ledger.commit_ready(task)
+    audit(debate, "agent-2", task, proposal)
     assert debate.ledger.commit_ready(task)
 
 

@@ -166,3 +166,15 @@ def test_bench_sim_reports_seed_runs_per_minute(capsys):
     assert report["seed_runs_per_min"] > 0 and report["sim_events_per_s"] > 0
     assert report["jobs"] == 1 and report["missed_expectation"] == 0
     assert report["seed_runs"] >= 1 and report["wall_seconds"] >= 1
+
+
+def test_sweep_takes_scenario_patterns_and_run_prints_the_debate(capsys):
+    code, out, _ = run(capsys, "sim", "sweep", "--scenarios", "debate-hon*", "--seeds", "1",
+                       "--jobs", "1", "--json")
+    assert code == 0
+    assert [row["scenario"] for row in json.loads(out)["by_scenario"]] == ["debate-honest"]
+    code, _, err = run(capsys, "sim", "sweep", "--scenarios", "nothing-*", "--seeds", "1")
+    assert code == 2 and "matches no built-in scenario" in err
+    code, out, _ = run(capsys, "sim", "run", "--scenario", "debate-honest", "--seed", "1")
+    assert code == 0
+    assert "decision approved (exit threshold_reached)" in " ".join(out.split())

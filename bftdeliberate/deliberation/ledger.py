@@ -35,7 +35,8 @@ Task life cycle::
 * Roles come only from the genesis committee: ``open_task`` and ``contribute`` need
   ``propose``, ``vote`` needs ``vote``, ``resolve`` needs ``human`` (or being the task's judge).
 * Groupthink (``groupthink.py``): an approved task with signals and ``require_audit`` is not
-  ``commit_ready`` until a member with the ``audit`` role approves the decided proposal (an
+  ``commit_ready`` until f+1 members with the ``audit`` role (all eligible ones if genesis
+  named fewer; never the author) approve the decided proposal in separate audit votes (an
   auditor needs no ``vote`` role for that vote); a resolution by a ``human`` member clears it,
   one by a judge without that role does not.
 
@@ -494,7 +495,17 @@ class Ledger:
         human_resolved = (task["resolved_by"] is not None
                           and "human" in self._roles[task["resolved_by"]])
         return (task["state"] == "approved" and task["require_audit"] and bool(task["signals"])
-                and not human_resolved and not self._audit_approvals(task))
+                and not human_resolved
+                and len(self._audit_approvals(task)) < self.audits_needed(task["task_id"]))
+
+    def audits_needed(self, task_id: str) -> int:
+        """Audit approvals that clear a flagged approval: f+1, so at least one comes from an
+        honest auditor -- or every eligible auditor (``audit`` role, not the proposal's
+        author) when genesis named fewer: that trust is then the committee's choice."""
+        task = self._tasks[task_id]
+        author = self._author(task, task["decided_proposal"])
+        eligible = sum("audit" in roles and name != author for name, roles in self._roles.items())
+        return max(1, min(self.committee.f + 1, eligible))
 
     @staticmethod
     def _author(task: dict[str, Any], proposal_id: str | None) -> str | None:
@@ -572,6 +583,7 @@ class Ledger:
                            "signals": [dict(s) for s in task["signals"]],
                            "require_audit": task["require_audit"],
                            "audit_approvals": self._audit_approvals(task),
+                           "audits_needed": self.audits_needed(task_id),
                            "audits": [dict(a) for a in task["audits"]],
                            "commit_ready": self.commit_ready(task_id)},
             "stop_conditions": list(task["stop_conditions"]),
