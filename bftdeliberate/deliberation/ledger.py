@@ -252,13 +252,19 @@ class Ledger:
                            f"{task['round']}")
         return task["rounds"][number]
 
-    def _contribute(self, op: Contribute, agent: str, now: int) -> bytes:
+    def _joinable_round(self, task_id: str, number: int,
+                        agent: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The task and its open round ``number``, which ``agent`` has not yet taken part in."""
         self._need_role(agent, "propose")
-        task = self._task(op.task_id)
-        round_ = self._open_round(task, op.round)
+        task = self._task(task_id)
+        round_ = self._open_round(task, number)
         if any(c["agent"] == agent for c in round_["contributions"]):
             raise Rejected("duplicate_contribution", f"{agent} already took part in round "
-                           f"{op.round}")
+                           f"{number}")
+        return task, round_
+
+    def _contribute(self, op: Contribute, agent: str, now: int) -> bytes:
+        task, round_ = self._joinable_round(op.task_id, op.round, agent)
         remaining = self._remaining(task, agent)
         if op.tokens > remaining:
             raise Rejected("budget_exceeded", f"declares {op.tokens} tokens; {remaining} remain")
@@ -280,12 +286,7 @@ class Ledger:
         return _result(task_id=task["task_id"], round=op.round, proposal_id=proposal_id)
 
     def _abstain(self, op: Abstain, agent: str, now: int) -> bytes:
-        self._need_role(agent, "propose")
-        task = self._task(op.task_id)
-        round_ = self._open_round(task, op.round)
-        if any(c["agent"] == agent for c in round_["contributions"]):
-            raise Rejected("duplicate_contribution", f"{agent} already took part in round "
-                           f"{op.round}")
+        task, round_ = self._joinable_round(op.task_id, op.round, agent)
         charged = min(op.tokens, self._remaining(task, agent))
         self._charge(task, agent, charged)
         round_["contributions"].append({

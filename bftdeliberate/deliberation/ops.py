@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from bftdeliberate.committee import _plain
 from bftdeliberate.deliberation.proposal import (
     ID_PATTERN,
     MAX_NOTES_LENGTH,
@@ -227,14 +228,6 @@ def _tuples(value: Any) -> Any:
         return {key: _tuples(item) for key, item in value.items()}
     if isinstance(value, list):
         return tuple(_tuples(item) for item in value)
-    return value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
     return value
 
 
