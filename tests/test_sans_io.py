@@ -12,6 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CORES = ["bftdeliberate/pbft", "bftdeliberate/wire", "bftdeliberate/committee.py",
          "bftdeliberate/deliberation", "bftdeliberate/commit"]
+# The commit layer's IO shell inside a core directory: its effect handlers and its WAL do
+# file, process and database IO by design (DESIGN.md section 6). Everything else under
+# ``bftdeliberate/commit`` (types, model, executor) stays a sans-IO core.
+CORE_EXEMPT = ["bftdeliberate/commit/handlers", "bftdeliberate/commit/wal.py"]
 # Modules whose mere import means IO or a clock inside a core.
 FORBIDDEN_MODULES = {"trio", "asyncio", "socket", "selectors", "time", "datetime", "threading",
                      "subprocess", "urllib", "http", "ssl", "anyio"}
@@ -27,7 +31,12 @@ def core_files() -> list[Path]:
     for entry in CORES:
         path = ROOT / entry
         files += sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.exists() else []
-    return files
+    return [f for f in files if not exempt(f)]
+
+
+def exempt(path: Path) -> bool:
+    relative = path.relative_to(ROOT).as_posix()
+    return any(relative == entry or relative.startswith(entry + "/") for entry in CORE_EXEMPT)
 
 
 def violations(path: Path) -> list[str]:
@@ -63,6 +72,16 @@ def violations(path: Path) -> list[str]:
 def test_core_modules_exist():
     files = {p.relative_to(ROOT).as_posix() for p in core_files()}
     assert "bftdeliberate/pbft/replica.py" in files and "bftdeliberate/wire/cbor.py" in files
+
+
+def test_core_exemptions_name_existing_shell_paths_only():
+    for entry in CORE_EXEMPT:
+        assert (ROOT / entry).exists(), f"{entry} is exempt but does not exist"
+        assert entry.startswith("bftdeliberate/commit/"), entry
+    files = {p.relative_to(ROOT).as_posix() for p in core_files()}
+    assert "bftdeliberate/commit/types.py" in files
+    assert not any(f.startswith("bftdeliberate/commit/handlers/") for f in files)
+    assert "bftdeliberate/commit/wal.py" not in files
 
 
 @pytest.mark.parametrize("path", core_files(), ids=lambda p: p.relative_to(ROOT).as_posix())
