@@ -209,6 +209,8 @@ EXAMPLES = {
                  "  bftd sim sweep --scenarios 'debate-*' --n 4,7 --seeds 20\n"
                  "  bftd sim sweep --scenarios chaos --seed-range 1000:2000 --json",
     "sim schema": "examples:\n  bftd sim schema > scenario-v1.schema.json",
+    "audit verify": "examples:\n  bftd audit verify data-0/commit.wal --committee keys/committee.json\n"
+                    "  bftd audit verify commit.wal --committee keys/committee.json --json",
     "proposal validate": "examples:\n  bftd proposal validate proposal.json\n"
                          "  bftd proposal validate tests/fixtures/proposal-seed.json --json",
     "schema": "examples:\n  bftd schema --out schemas\n  bftd schema --out /tmp/bftd-schemas",
@@ -504,6 +506,14 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file", metavar="FILE", type=Path, help="a proposal.json file")
     validate.add_argument("--json", action="store_true", help="print the summary as JSON")
     validate.set_defaults(handler=cmd_proposal_validate)
+    audit = _group(_command(commands, "audit", "the commit layer's write-ahead log and audit"),
+                   "audit_command", "ACTION")
+    verify = _command(audit, "verify", "check a commit WAL's hash chain and every record's "
+                      "signature (read-only)", EXAMPLES["audit verify"])
+    verify.add_argument("wal", metavar="WAL", type=Path, help="a commit WAL file")
+    verify.add_argument("--committee", type=Path, required=True, help="committee.json")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(handler=cmd_audit_verify)
     schema = _command(commands, "schema", "write the published JSON Schemas into a folder",
                       EXAMPLES["schema"])
     schema.add_argument("--out", type=Path, required=True, metavar="DIR",
@@ -962,6 +972,22 @@ def cmd_proposal_validate(args: argparse.Namespace, console: Console) -> int:
                   f"threshold {decision.threshold}", markup=False, highlight=False,
                   soft_wrap=True)
     return EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace, console: Console) -> int:
+    """Exit 0 for a WAL whose chain and signatures verify, 1 with the first problem's byte
+    offset otherwise (the file is only read), 2 when it cannot be read at all."""
+    from bftdeliberate.commit.wal import verify_wal
+    from bftdeliberate.committee import load_committee
+
+    report = verify_wal(args.wal, load_committee(args.committee))
+    if args.json:
+        print(json.dumps({"file": report.path, "ok": report.ok, "records": report.records,
+                          "counts": report.counts, "in_doubt": list(report.in_doubt),
+                          "error": report.error, "offset": report.offset}, indent=2))
+    else:
+        console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def cmd_schema(args: argparse.Namespace, console: Console) -> int:

@@ -3,6 +3,7 @@ intents, and read-only verification (chain, signatures, signers) with byte offse
 
 from __future__ import annotations
 
+import json
 import os
 import random
 
@@ -170,3 +171,29 @@ def test_records_decode_and_types_are_checked(tmp_path, genesis):
     with storage.RecordLog.open(tmp_path / "w") as log:
         payload = log.records()[0]
     assert decode_record(payload) == record
+
+
+def test_audit_verify_command(tmp_path, genesis, capsys):
+    from bftdeliberate.cli import main
+    from bftdeliberate.committee import save_committee
+
+    committee_file = tmp_path / "committee.json"
+    save_committee(genesis[0], committee_file)
+    path = tmp_path / "commit.wal"
+    with open_wal(path, genesis) as wal:
+        write_commit(wal, "c-1")
+        write_commit(wal, "c-2", finish=False)
+    assert main(["audit", "verify", str(path), "--committee", str(committee_file)]) == 0
+    assert "ok: 5 records" in capsys.readouterr().out
+    data = bytearray(path.read_bytes())
+    data[storage.HEADER_SIZE + 10] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert main(["audit", "verify", str(path), "--committee", str(committee_file),
+                 "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert not report["ok"] and report["offset"] == storage.HEADER_SIZE
+    assert f"offset {storage.HEADER_SIZE}" in report["error"]
+    assert path.read_bytes() == bytes(data)  # nothing overwritten
+    assert main(["audit", "verify", str(tmp_path / "missing.wal"), "--committee",
+                 str(committee_file)]) == 2
+    assert "cannot read WAL" in capsys.readouterr().err
