@@ -211,6 +211,11 @@ EXAMPLES = {
     "sim schema": "examples:\n  bftd sim schema > scenario-v1.schema.json",
     "audit verify": "examples:\n  bftd audit verify data-0/commit.wal --committee keys/committee.json\n"
                     "  bftd audit verify commit.wal --committee keys/committee.json --json",
+    "audit report": "examples:\n  bftd audit report data-0/audit.jsonl\n"
+                    "  bftd audit report audit.jsonl --json",
+    "commit show": "examples:\n  bftd commit show 3f9a...c2 --wal data-0/commit.wal\n"
+                   "  bftd commit show 3f9a...c2 --wal commit.wal --committee "
+                   "keys/committee.json --json",
     "proposal validate": "examples:\n  bftd proposal validate proposal.json\n"
                          "  bftd proposal validate tests/fixtures/proposal-seed.json --json",
     "schema": "examples:\n  bftd schema --out schemas\n  bftd schema --out /tmp/bftd-schemas",
@@ -514,12 +519,30 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--committee", type=Path, required=True, help="committee.json")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.set_defaults(handler=cmd_audit_verify)
+    report = _command(audit, "report", "figures from an audit log (JSON lines): failure "
+                      "reasons, rollbacks, conflicts, duplicate commits, attribution",
+                      EXAMPLES["audit report"])
+    report.add_argument("log", metavar="LOG", type=Path, help="an audit log (JSON lines)")
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
+    report.set_defaults(handler=cmd_audit_report)
+    commit = _group(_command(commands, "commit", "the commit layer's records"),
+                    "commit_command", "ACTION")
+    show = _command(commit, "show", "print one commit's commit_record.json from a WAL "
+                    "(read-only)", EXAMPLES["commit show"])
+    show.add_argument("commit_id", metavar="ID", help="the commit id (64 hex digits)")
+    show.add_argument("--wal", type=Path, required=True, help="a commit WAL file")
+    show.add_argument("--committee", type=Path, help="committee.json: also verify every "
+                      "record's signature and name signers (default: chain only)")
+    show.add_argument("--json", action="store_true", help="print only commit_record.json")
+    show.set_defaults(handler=cmd_commit_show)
     schema = _command(commands, "schema", "write the published JSON Schemas into a folder",
                       EXAMPLES["schema"])
     schema.add_argument("--out", type=Path, required=True, metavar="DIR",
-                        help="folder for proposal.schema.json, ledger-operation.schema.json and "
-                             "scenario.schema.json (created if missing; existing schema files "
-                             "are replaced)")
+                        help="folder for proposal.schema.json, ledger-operation.schema.json, "
+                             "scenario.schema.json and the commit-layer schemas "
+                             "(execution-intent, step-attempt, commit-result, commit-record, "
+                             "audit-event) (created if missing; existing schema files are "
+                             "replaced)")
     schema.set_defaults(handler=cmd_schema)
     return parser
 
@@ -990,7 +1013,116 @@ def cmd_audit_verify(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def cmd_audit_report(args: argparse.Namespace, console: Console) -> int:
+    """Exit 0 with the report, 1 when it finds duplicate commits (must be 0), 2 for an
+    unreadable log or a malformed line (its line number). A torn last line is reported."""
+    from bftdeliberate.audit.events import read_audit_log
+    from bftdeliberate.audit.report import audit_report
+
+    log = read_audit_log(args.log)
+    report = {"file": str(args.log), "torn_tail": log.torn_tail, **audit_report(log.events)}
+    code = EXIT_OK if report["duplicate_commits"] == 0 else EXIT_FAILED
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return code
+    if log.torn_tail:
+        Console(stderr=True, soft_wrap=True).print(f"bftd: warning: {log.torn_tail}",
+                                                   markup=False, highlight=False)
+    _render_audit_report(report, console if console.is_terminal else Console(width=120))
+    return code
+
+
+def _render_audit_report(report: dict[str, Any], console: Console) -> None:
+    figures = Table(title=f"audit report: {report['file']} ({report['events']} events)",
+                    box=box.SIMPLE_HEAD)
+    figures.add_column("figure")
+    figures.add_column("value", justify="right")
+    rollback, conflicts = report["rollback"], report["conflicts"]
+    layers = report["by_layer"]
+    failures = report["failures_by_layer"]
+    for figure, value in (
+        ("commits", str(report["commits"])),
+        ("failed commits (of outcomes)",
+         f"{report['failed_commits']} of {report['commit_outcomes']}"),
+        ("rollback frequency",
+         f"{rollback['frequency']:.3f} ({rollback['commits']} of {report['commits']} commits)"),
+        ("concurrency-conflict rate",
+         f"{conflicts['rate']:.3f} ({conflicts['count']} of {conflicts['attempts']})"),
+        ("duplicate commits (must be 0)", str(report["duplicate_commits"])),
+        *((f"{layer} failures (of events)", f"{failures[layer]} of {layers[layer]}")
+          for layer in layers),
+    ):
+        figures.add_row(figure, value, style="red" if figure.startswith("duplicate")
+                        and report["duplicate_commits"] else None)
+    console.print(figures)
+    if report["failure_reasons"]:
+        reasons = Table(title="failure reasons (error_code over failed outcomes)",
+                        box=box.SIMPLE_HEAD)
+        reasons.add_column("error_code")
+        reasons.add_column("count", justify="right")
+        for code, count in report["failure_reasons"].items():
+            reasons.add_row(code, str(count))
+        console.print(reasons)
+    for duplicate in report["duplicate_keys"]:
+        console.print(f"DUPLICATE key {duplicate['idempotency_key']} applied "
+                      f"{duplicate['applies']} times", style="red", markup=False,
+                      highlight=False)
+    if report["attribution"]:
+        chain = Table(title="attribution", box=box.SIMPLE_HEAD)
+        for column in ("commit", "proposal", "proposer", "approvers", "submitter", "auditors",
+                       "result"):
+            chain.add_column(column)
+        for row in report["attribution"]:
+            chain.add_row(str(row["commit_id"])[:12], str(row["proposal_id"]),
+                          str(row["proposer"] or "-"), ", ".join(row["approvers"]) or "-",
+                          ", ".join(row["submitters"]) or "-",
+                          ", ".join(f"{a['agent_id']} {a['decision']}"
+                                    for a in row["auditors"]) or "-", row["result"])
+        console.print(chain)
+
+
+def cmd_commit_show(args: argparse.Namespace, console: Console) -> int:
+    """Exit 0 with the commit's record, 1 when the WAL has no such commit, 2 when the WAL
+    cannot be read or is damaged (one line with the byte offset; the file is only read)."""
+    from bftdeliberate.audit.events import load_wal, parse_wal_records
+    from bftdeliberate.commit.model import CommitRecord, RecordSignature
+    from bftdeliberate.committee import load_committee
+
+    committee = load_committee(args.committee) if args.committee is not None else None
+    records = load_wal(args.wal, committee)
+    commits = parse_wal_records(records, source=str(args.wal))
+    commit = commits.get(args.commit_id)
+    if commit is None:
+        Console(stderr=True, soft_wrap=True).print(
+            f"bftd: {args.wal}: no commit {args.commit_id!r} ({len(commits)} commits in the "
+            "WAL)", markup=False, highlight=False)
+        return EXIT_FAILED
+
+    def signer(member: int) -> str:
+        return committee.member(member).name if committee is not None else f"member-{member}"
+
+    signatures = tuple(RecordSignature(signer=signer(record.signer), record=record.type,
+                                       signature=record.signature.hex())
+                       for record, _ in (*commit.intents, *commit.attempts, *commit.results))
+    result = commit.results[-1][1] if commit.results else None
+    record = CommitRecord.build(commit.intents[-1][1], [a for _, a in commit.attempts], result,
+                                signatures)
+    if result is None and commit.rollbacks:  # crashed mid-rollback: show how far it got
+        record = record.model_copy(update={"rollback": commit.rollbacks[-1][1]})
+    if args.json:
+        print(record.to_json())
+        return EXIT_OK
+    console.print(f"commit {record.commit_id} (proposal {record.proposal_id}, task "
+                  f"{record.task_id}): {record.result}; submitter {record.submitter} in view "
+                  f"{record.view}; {len(record.attempts)} attempts; signatures "
+                  + ("verified" if committee is not None else "not verified (no --committee)"),
+                  markup=False, highlight=False, soft_wrap=True)
+    console.print(record.to_json(), markup=False, highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
 def cmd_schema(args: argparse.Namespace, console: Console) -> int:
+    from bftdeliberate.commit.model import commit_schemas
     from bftdeliberate.deliberation.ops import ops_schema
     from bftdeliberate.deliberation.proposal import proposal_schema
     from simulator.spec import scenario_json_schema
@@ -999,6 +1131,8 @@ def cmd_schema(args: argparse.Namespace, console: Console) -> int:
     schemas = {"proposal.schema.json": proposal_schema,
                "ledger-operation.schema.json": ops_schema,
                "scenario.schema.json": scenario_json_schema}
+    for name, commit_schema in commit_schemas().items():
+        schemas[f"{name}.schema.json"] = lambda schema=commit_schema: schema
     out: Path = args.out
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: not a directory")

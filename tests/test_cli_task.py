@@ -262,8 +262,10 @@ def test_schema_writes_the_ledger_operation_schema(tmp_path, capsys):
     code, out, _ = run(capsys, "schema", "--out", str(tmp_path / "schemas"))
     assert code == 0
     names = sorted(p.name for p in (tmp_path / "schemas").iterdir())
-    assert names == ["ledger-operation.schema.json", "proposal.schema.json",
-                     "scenario.schema.json"]
+    assert names == ["audit-event.schema.json", "commit-record.schema.json",
+                     "commit-result.schema.json", "execution-intent.schema.json",
+                     "ledger-operation.schema.json", "proposal.schema.json",
+                     "scenario.schema.json", "step-attempt.schema.json"]
     schema = json.loads((tmp_path / "schemas" / "ledger-operation.schema.json").read_text())
     assert schema["$id"].endswith("ledger-operation-v1.json")
     assert "open_task" in json.dumps(schema) and "ledger-operation.schema.json" in out

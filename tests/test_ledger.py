@@ -16,6 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
+from bftdeliberate.commit.book import COMMIT_REFUSALS
+from bftdeliberate.commit.model import CommitResult, StepResult
 from bftdeliberate.committee import Committee, make_committee
 from bftdeliberate.deliberation import groupthink
 from bftdeliberate.deliberation.groupthink import signals_at_close
@@ -90,7 +92,7 @@ class Debate:
         self.now += ms
 
     def send(self, client: str, op: BaseModel | dict[str, Any] | bytes,
-             *, at: int | None = None) -> dict[str, Any]:
+             *, at: int | None = None, view: int = 0) -> dict[str, Any]:
         if at is not None:
             self.now = at
         if isinstance(op, BaseModel):
@@ -101,7 +103,7 @@ class Debate:
             data = op
         self.seq += 1
         self.log.append((client, data, self.now))
-        ctx = ExecutionContext(seq=self.seq, view=0, timestamp_ms=self.now, client=client,
+        ctx = ExecutionContext(seq=self.seq, view=view, timestamp_ms=self.now, client=client,
                                request_timestamp=self.seq, index=0)
         self.results.append(self.ledger.apply(data, ctx))
         result = cbor.decode(self.results[-1])
@@ -1264,7 +1266,8 @@ def test_every_rejection_reason_can_occur():
         pass
     seen.add("ledger_full")
     assert debate.ledger.rejection_counts["ledger_full"] == 1
-    assert seen == set(REJECTION_REASONS)
+    # The commit book's refusals: test_the_commit_book_orders_one_submitter_and_one_result.
+    assert seen == set(REJECTION_REASONS) - set(COMMIT_REFUSALS) - {"commit_book_full"}
 
 
 def test_the_stored_bytes_bound_refuses_new_work_but_still_reads(monkeypatch):
@@ -1298,3 +1301,82 @@ def test_a_vote_declares_its_tokens_and_is_charged_up_to_what_remains():
                                   tokens=500))
     tokens = debate.status(task)["tokens"]
     assert tokens["by_agent"]["agent-0"] == 100 and tokens["used"] <= 400
+
+
+def approved_task(debate: Debate, plan: tuple[dict[str, Any], ...] = PLAN) -> str:
+    """An approved, unflagged task (distinct evidence per agent)."""
+    task = debate.open()
+    proposal = debate.contribute("agent-0", task, "ship", proposal=draft(plan),
+                                 evidence=("ref:0",))["proposal_id"]
+    for agent in ("agent-1", "agent-2", "agent-3"):
+        debate.contribute(agent, task, "ship", evidence=(f"ref:{agent}",))
+    for agent in ("agent-0", "agent-1", "agent-2"):
+        debate.vote(agent, task, proposal)
+    assert debate.ledger.commit_ready(task)
+    return task
+
+
+def committed(commit_id: str, keys: list[str]) -> CommitResult:
+    return CommitResult(commit_id=commit_id, result="committed", steps=tuple(
+        StepResult(index=i, idempotency_key=key, status="applied", attempts=1)
+        for i, key in enumerate(keys)))
+
+
+def test_the_commit_book_orders_one_submitter_and_one_result():
+    from bftdeliberate.deliberation.ops import CommitDone, CommitIntent
+
+    debate = Debate()
+    undecided = debate.open()
+    debate.refused("agent-0", CommitIntent(task_id=undecided), "not_approved")
+    task = approved_task(debate)
+    # Only the primary of the ordering view (member 0 in view 0) submits.
+    debate.refused("agent-1", CommitIntent(task_id=task), "not_submitter")
+    intent = debate.ok("agent-0", CommitIntent(task_id=task))
+    assert intent["grant"] == "granted" and intent["takeover"] is False
+    cid = intent["commit_id"]
+    debate.refused("agent-0", CommitIntent(task_id=task), "duplicate_intent")
+    assert debate.ledger.commits.duties("agent-0", 0, [task]) == [("execute", cid)]
+    keys = [s["idempotency_key"] for s in debate.ledger.commits.status(cid)["intent"]["steps"]]
+    debate.refused("agent-1", CommitDone(commit_id=cid, result=committed(cid, keys)),
+                   "not_submitter")
+    debate.refused("agent-0", CommitDone(commit_id=cid, result=committed(cid, keys[::-1])),
+                   "result_mismatch")
+    debate.refused("agent-0", CommitDone(commit_id="0" * 64, result=committed("0" * 64, keys)),
+                   "unknown_commit")
+    assert debate.ok("agent-0", CommitDone(commit_id=cid, result=committed(cid, keys)))[
+        "result"] == "committed"
+    debate.refused("agent-0", CommitDone(commit_id=cid, result=committed(cid, keys)),
+                   "already_committed")
+    debate.refused("agent-0", CommitIntent(task_id=task), "already_committed")
+    assert debate.ledger.commits.duplicate_results == 1
+
+
+def test_a_later_primary_takes_over_an_in_doubt_commit_and_resources_wait_in_log_order():
+    from bftdeliberate.deliberation.ops import CommitDone, CommitIntent
+
+    debate = Debate()
+    first, second = approved_task(debate), approved_task(debate)
+    one = debate.ok("agent-0", CommitIntent(task_id=first))["commit_id"]
+    two = debate.ok("agent-0", CommitIntent(task_id=second))
+    assert two["grant"] == "waiting"  # the same file: one commit at a time
+    keys = [s["idempotency_key"] for s in debate.ledger.commits.status(two["commit_id"])[
+        "intent"]["steps"]]
+    debate.refused("agent-0", CommitDone(commit_id=two["commit_id"],
+                                         result=committed(two["commit_id"], keys)), "not_granted")
+    # agent-0 crashes; view 1's primary (agent-1) takes the in-doubt commit over.
+    assert debate.ledger.commits.duties("agent-1", 1, [first, second]) == [
+        ("intent", first), ("intent", second)]
+    taken = debate.ok("agent-1", CommitIntent(task_id=first), view=1)
+    assert taken["takeover"] is True and taken["commit_id"] == one
+    one_keys = [s["idempotency_key"] for s in debate.ledger.commits.status(one)["intent"][
+        "steps"]]
+    debate.refused("agent-0", CommitDone(commit_id=one, result=committed(one, one_keys)),
+                   "not_submitter", view=1)
+    debate.ok("agent-1", CommitDone(commit_id=one, result=committed(one, one_keys)), view=1)
+    assert debate.ledger.commits.status(two["commit_id"])["grant"] == "granted"
+    assert debate.ledger.commits.grant_violations() == []
+    # The book is replicated state: snapshot and restore keep it.
+    other = Ledger(debate.committee)
+    other.restore(debate.ledger.snapshot())
+    assert other.digest() == debate.ledger.digest()
+    assert other.commits.in_doubt() == [two["commit_id"]]

@@ -151,7 +151,7 @@ def test_an_operation_over_the_size_limit_is_refused_before_sending():
     ({"op": "open_task", "question": "q", "judge": "two words"},
      "judge: must be printable with no whitespace"),
     ({"op": "dance"}, ("op: unknown operation 'dance' (known: open_task, contribute, "
-                      "abstain, vote, resolve, tick, status)")),
+                      "abstain, vote, resolve, commit_intent, commit_result, tick, status)")),
     ({"op": 7}, "op: unknown operation '7'"),
     ({"task_id": "t"}, "op: required"),
 ])

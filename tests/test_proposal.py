@@ -225,7 +225,9 @@ def test_schema_out_writes_valid_schemas_and_the_seed_validates(tmp_path, capsys
     assert code == 0 and err == ""
     files = [out / "proposal.schema.json", out / "ledger-operation.schema.json",
              out / "scenario.schema.json"]
-    assert stdout.splitlines() == [str(file) for file in files]
+    commit_files = [out / f"{name}.schema.json" for name in (
+        "execution-intent", "step-attempt", "commit-result", "commit-record", "audit-event")]
+    assert stdout.splitlines() == [str(file) for file in files + commit_files]
     schemas = [json.loads(file.read_text(encoding="utf-8")) for file in files]
     for schema in schemas:
         Draft202012Validator.check_schema(schema)

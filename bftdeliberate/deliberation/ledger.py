@@ -52,12 +52,15 @@ import json
 from collections import Counter
 from typing import Any
 
+from bftdeliberate.commit.book import CommitBook, CommitRefused
 from bftdeliberate.committee import Committee
 from bftdeliberate.deliberation.debater import ContributionView, ProposalView, TaskView
 from bftdeliberate.deliberation.groupthink import normal_position, signals_at_close
 from bftdeliberate.deliberation.ops import (
     Abstain,
     CastVote,
+    CommitDone,
+    CommitIntent,
     Contribute,
     MalformedOperation,
     OpenTask,
@@ -125,6 +128,8 @@ class Ledger:
         self._open: list[str] = []  # undecided task ids, in opening order
         self._rejection_counts: Counter[str] = Counter()
         self._stored_bytes = 0
+        #: The commit layer's replicated part: intents, results, resource grants.
+        self.commits = CommitBook(committee)
         self._rejection_log: list[dict[str, Any]] = []
 
     # -- StateMachine ----------------------------------------------------------------------
@@ -153,18 +158,21 @@ class Ledger:
             "tasks": self._tasks, "open": self._open,
             "rejection_counts": dict(self._rejection_counts),
             "rejection_log": self._rejection_log, "stored_bytes": self._stored_bytes,
+            "commits": self.commits.snapshot(),
         })
 
     def restore(self, snapshot: bytes) -> None:
         data = cbor.decode(snapshot, max_size=len(snapshot))
         if type(data) is not dict or set(data) != {"tasks", "open", "rejection_counts",
-                                                   "rejection_log", "stored_bytes"}:
+                                                   "rejection_log", "stored_bytes",
+                                                   "commits"}:
             raise DecodeError("not a deliberation ledger snapshot")
         self._tasks = data["tasks"]
         self._open = data["open"]
         self._rejection_counts = Counter(data["rejection_counts"])
         self._rejection_log = data["rejection_log"]
         self._stored_bytes = data["stored_bytes"]
+        self.commits.restore(data["commits"])
 
     def digest(self) -> bytes:
         return hashlib.sha256(self.snapshot()).digest()
@@ -186,8 +194,29 @@ class Ledger:
             return self._abstain(op, agent, now)
         if isinstance(op, CastVote):
             return self._vote(op, agent, now)
+        if isinstance(op, CommitIntent):
+            return self._commit_intent(op, agent, now, ctx.view)
+        if isinstance(op, CommitDone):
+            try:
+                return _result(**self.commits.result(commit_id=op.commit_id,
+                                                     result=op.result.to_data(), signer=agent,
+                                                     now=now))
+            except CommitRefused as refused:
+                raise Rejected(refused.reason, refused.detail) from None
         assert isinstance(op, Resolve)
         return self._resolve(op, agent, now)
+
+    def _commit_intent(self, op: CommitIntent, agent: str, now: int, view: int) -> bytes:
+        task = self._task(op.task_id)
+        if not self.commit_ready(op.task_id):
+            raise Rejected("not_approved", f"task {op.task_id} is {task['state']} and not "
+                           "ready to commit")
+        try:
+            return _result(**self.commits.intent(
+                task_id=op.task_id, proposal=self.proposal_document(op.task_id), signer=agent,
+                view=view, now=now))
+        except CommitRefused as refused:
+            raise Rejected(refused.reason, refused.detail) from None
 
     def _reject(self, ctx: ExecutionContext, op_name: str, rejection: Rejected) -> bytes:
         self._rejection_counts[rejection.reason] += 1

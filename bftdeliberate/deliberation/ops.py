@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
+from bftdeliberate.commit.book import COMMIT_REFUSALS
+from bftdeliberate.commit.model import CommitResult
 from bftdeliberate.committee import _plain
 from bftdeliberate.deliberation.proposal import (
     ID_PATTERN,
@@ -93,6 +95,7 @@ REJECTION_REASONS = (
     "no_audit_pending",   # an audit of a task that is not approved, flagged and unaudited
     "own_proposal",       # an auditor reviewing its own proposal
     "result_too_large",   # a status read over the reply limit: ask for less (a round, an agent)
+    *COMMIT_REFUSALS,     # the commit book's (commit/book.py)
 )
 
 
@@ -199,6 +202,23 @@ class Resolve(_Op):
     notes: str = Field("", max_length=MAX_NOTES_LENGTH)
 
 
+class CommitIntent(_Op):
+    """The single submitter (``submit`` role, primary of the current view) announces it will
+    execute the task's approved plan; the ledger derives the intent itself (commit/book.py)."""
+
+    op: Literal["commit_intent"] = "commit_intent"
+    task_id: Id
+
+
+class CommitDone(_Op):
+    """The submitter records how the commit ended (once; the steps' keys are checked against
+    the intent)."""
+
+    op: Literal["commit_result"] = "commit_result"
+    commit_id: str = Field(pattern=r"^[0-9a-f]{64}$")
+    result: CommitResult
+
+
 class Tick(_Op):
     """Let agreed time act: close rounds whose time is up, escalate past deadlines. Carries
     nothing; anyone authorised may send it, and it is harmless to repeat."""
@@ -217,8 +237,8 @@ class Status(_Op):
     agent: MemberName | None = None
 
 
-Operation = Annotated[OpenTask | Contribute | Abstain | CastVote | Resolve | Tick | Status,
-                      Field(discriminator="op")]
+Operation = Annotated[OpenTask | Contribute | Abstain | CastVote | Resolve | CommitIntent
+                      | CommitDone | Tick | Status, Field(discriminator="op")]
 _OPERATION = TypeAdapter(Operation)
 
 
@@ -300,7 +320,8 @@ def parse_op_json(text: str | bytes) -> BaseModel:
     return model
 
 
-_OP_NAMES = ("open_task", "contribute", "abstain", "vote", "resolve", "tick", "status")
+_OP_NAMES = ("open_task", "contribute", "abstain", "vote", "resolve", "commit_intent",
+             "commit_result", "tick", "status")
 
 
 def ops_schema() -> dict[str, Any]:
