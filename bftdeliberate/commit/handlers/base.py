@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from bftdeliberate.commit.types import AppliedState, StepCall, StepOutcome
@@ -91,6 +91,28 @@ def check_key(call: StepCall) -> StepOutcome | None:
     key = call.idempotency_key
     if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
         return invalid(f"idempotency key {key!r} is not 1-128 of [0-9A-Za-z_-]")
+    return None
+
+
+def check_step(call: StepCall, kinds: Iterable[str], handler: str,
+               locate: Callable[[Mapping[str, Any]], object],
+               patches: Mapping[str, bytes]) -> StepOutcome | None:
+    """The checks every patch-store handler makes before anything runs, in this order: the
+    step kind, the idempotency key, the target (``locate`` returns a StepOutcome to refuse),
+    and for a ``patch`` step a patch id the store holds."""
+    kind = call.step.get("step")
+    if kind not in kinds:
+        return invalid(f"the {handler} handler does not run {kind!r} steps")
+    refusal = check_key(call)
+    if refusal is not None:
+        return refusal
+    located = locate(call.step)
+    if isinstance(located, StepOutcome):
+        return located
+    if kind == "patch":
+        patch_id = step_field(call.step, "patch_id")
+        if patch_id is None or patch_id not in patches:
+            return invalid(f"unknown patch_id {call.step.get('patch_id')!r}")
     return None
 
 

@@ -57,13 +57,12 @@ from typing import Any
 from bftdeliberate.commit.handlers.base import (
     STATE_DIR,
     atomic_write,
-    check_key,
+    check_step,
     denied,
     fsync_dir,
     invalid,
     permanent,
     split_target,
-    step_field,
 )
 from bftdeliberate.commit.types import AppliedState, StepCall, StepOutcome
 from bftdeliberate.errors import ConfigError, DecodeError
@@ -129,20 +128,7 @@ class FileHandler:
         return resolved
 
     def check(self, call: StepCall) -> StepOutcome | None:
-        kind = call.step.get("step")
-        if kind not in self.step_kinds:
-            return invalid(f"the file handler does not run {kind!r} steps")
-        refusal = check_key(call)
-        if refusal is not None:
-            return refusal
-        resolved = self._resolve(call.step)
-        if isinstance(resolved, StepOutcome):
-            return resolved
-        if kind == "patch":
-            patch_id = step_field(call.step, "patch_id")
-            if patch_id is None or patch_id not in self.patches:
-                return invalid(f"unknown patch_id {call.step.get('patch_id')!r}")
-        return None
+        return check_step(call, self.step_kinds, "file", self._resolve, self.patches)
 
     # -- state ------------------------------------------------------------------------------
 

@@ -30,12 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from bftdeliberate.commit.handlers.base import (
-    check_key,
+    check_step,
     denied,
     invalid,
     permanent,
     split_target,
-    step_field,
     transient,
 )
 from bftdeliberate.commit.types import AppliedState, StepCall, StepOutcome
@@ -100,20 +99,7 @@ class SqliteKvHandler:
         return table, key
 
     def check(self, call: StepCall) -> StepOutcome | None:
-        kind = call.step.get("step")
-        if kind not in self.step_kinds:
-            return invalid(f"the kv handler does not run {kind!r} steps")
-        refusal = check_key(call)
-        if refusal is not None:
-            return refusal
-        target = self._target(call.step)
-        if isinstance(target, StepOutcome):
-            return target
-        if kind == "patch":
-            patch_id = step_field(call.step, "patch_id")
-            if patch_id is None or patch_id not in self.patches:
-                return invalid(f"unknown patch_id {call.step.get('patch_id')!r}")
-        return None
+        return check_step(call, self.step_kinds, "kv", self._target, self.patches)
 
     # -- state ------------------------------------------------------------------------------
 
