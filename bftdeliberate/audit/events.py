@@ -39,7 +39,6 @@ from typing import Any, Self
 
 from pydantic import ValidationError
 
-from bftdeliberate import storage
 from bftdeliberate.commit.model import (
     AuditEvent,
     CommitResult,
@@ -47,9 +46,9 @@ from bftdeliberate.commit.model import (
     Rollback,
     StepAttempt,
 )
-from bftdeliberate.commit.wal import WalRecord, decode_record, verify_wal
+from bftdeliberate.commit.wal import WalRecord, check_wal_bytes
 from bftdeliberate.committee import Committee
-from bftdeliberate.errors import ConfigError, DecodeError, LocalError
+from bftdeliberate.errors import ConfigError, LocalError
 from bftdeliberate.files import read_bytes
 
 __all__ = [
@@ -368,38 +367,11 @@ def load_wal(path: str | os.PathLike[str],
     refused). With ``committee``, :func:`~bftdeliberate.commit.wal.verify_wal` checks the chain,
     signatures and signers first; without, only the header and the hash chain are checked.
     Any problem is a one-line ConfigError with its byte offset."""
-    source = os.fspath(path)
-    if committee is not None:
-        report = verify_wal(source, committee)
-        if not report.ok:
-            raise ConfigError(str(report.error))
     data = read_bytes(path, max_size=MAX_WAL_READ_SIZE, kind="a commit WAL")
-    fixed = storage._HEADER_FIXED
-    if len(data) < storage.HEADER_SIZE:
-        raise ConfigError(f"{source}: offset 0: not a WAL (header is {len(data)} bytes)")
-    magic, version, flags, _ = fixed.unpack_from(data, 0)
-    prev = data[fixed.size : storage.HEADER_SIZE]
-    if (magic != storage.MAGIC or version != storage.FORMAT_VERSION or flags != 0
-            or storage._header_hash(data[: fixed.size]) != prev):
-        raise ConfigError(f"{source}: offset 0: not a WAL (bad or unsupported header)")
-    records: list[WalRecord] = []
-    pos = storage.HEADER_SIZE
-    while pos < len(data):
-        index = len(records)
-        parsed = storage._parse(data, pos)
-        if parsed is None:
-            raise ConfigError(f"{source}: offset {pos}: record {index}: truncated or oversized"
-                              f" record ({len(data) - pos} bytes left; a torn tail)")
-        length, payload, stored, nxt = parsed
-        if storage._chain(prev, storage._LENGTH.pack(length), payload) != stored:
-            raise ConfigError(f"{source}: offset {pos}: record {index}: hash chain mismatch")
-        try:
-            records.append(decode_record(payload))
-        except DecodeError as exc:
-            raise ConfigError(f"{source}: offset {pos}: record {index}: not a WAL record "
-                              f"({exc})") from None
-        prev, pos = stored, nxt
-    return records
+    report = check_wal_bytes(data, os.fspath(path), committee)
+    if not report.ok:
+        raise ConfigError(str(report.error))
+    return list(report.entries)
 
 
 # -- consensus layer -----------------------------------------------------------------------------

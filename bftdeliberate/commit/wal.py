@@ -208,6 +208,8 @@ class WalReport:
     error: str | None = None
     #: Byte offset of the first bad record (or of the header problem: 0).
     offset: int | None = None
+    #: The records that verified, in log order.
+    entries: tuple[WalRecord, ...] = ()
 
     def summary(self) -> str:
         if not self.ok:
@@ -215,6 +217,19 @@ class WalReport:
         counts = ", ".join(f"{self.counts.get(t, 0)} {t}" for t in RECORD_TYPES)
         return (f"{self.path}: ok: {self.records} records ({counts});"
                 f" {len(self.in_doubt)} in doubt")
+
+
+def _signer_problem(record: WalRecord, committee: Committee, verifier: Verifier) -> str | None:
+    """Why ``record`` is not signed by a ``submit`` member of ``committee`` (None: it is)."""
+    public_key = committee.member_public_key(record.signer)
+    if public_key is None:
+        return f"signer {record.signer} is not a committee member"
+    if SUBMIT_ROLE not in committee.member(record.signer).roles:
+        return f"signer {record.signer} lacks the {SUBMIT_ROLE!r} role"
+    if not verifier.verify(public_key, committee.digest, WAL_MESSAGE_TYPE, record.body,
+                           record.signature):
+        return f"bad signature by member {record.signer}"
+    return None
 
 
 def verify_wal(path: str | os.PathLike[str], committee: Committee) -> WalReport:
@@ -228,6 +243,12 @@ def verify_wal(path: str | os.PathLike[str], committee: Committee) -> WalReport:
             data = file.read()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read WAL ({exc.strerror or exc})") from None
+    return check_wal_bytes(data, path, committee)
+
+
+def check_wal_bytes(data: bytes, path: str, committee: Committee | None) -> WalReport:
+    """:func:`verify_wal` on bytes already read. Without ``committee`` only the header, the
+    chain and the record shape are checked (signers and signatures are not)."""
     counts = {t: 0 for t in RECORD_TYPES}
     records: list[WalRecord] = []
 
@@ -236,7 +257,8 @@ def verify_wal(path: str | os.PathLike[str], committee: Committee) -> WalReport:
         doubt = tuple(dict.fromkeys(r.commit_id for r in records
                                     if r.type == "intent" and r.commit_id not in done))
         line = f"{path}: offset {offset}: {error}" if error is not None else None
-        return WalReport(path, error is None, len(records), counts, doubt, line, offset)
+        return WalReport(path, error is None, len(records), counts, doubt, line, offset,
+                         tuple(records))
 
     header = storage._HEADER_FIXED
     if len(data) < storage.HEADER_SIZE:
@@ -251,7 +273,6 @@ def verify_wal(path: str | os.PathLike[str], committee: Committee) -> WalReport:
         return report("record log header is corrupt", 0)
 
     verifier = Verifier(cache_size=0)
-    digest = committee.digest
     pos = storage.HEADER_SIZE
     while pos < len(data):
         index = len(records)
@@ -268,16 +289,9 @@ def verify_wal(path: str | os.PathLike[str], committee: Committee) -> WalReport:
             record = decode_record(payload)
         except DecodeError as exc:
             return report(f"record {index}: not a WAL record ({exc})", pos)
-        public_key = committee.member_public_key(record.signer)
-        if public_key is None:
-            return report(f"record {index}: signer {record.signer} is not a committee member",
-                          pos)
-        if SUBMIT_ROLE not in committee.member(record.signer).roles:
-            return report(f"record {index}: signer {record.signer} lacks the"
-                          f" {SUBMIT_ROLE!r} role", pos)
-        if not verifier.verify(public_key, digest, WAL_MESSAGE_TYPE, record.body,
-                               record.signature):
-            return report(f"record {index}: bad signature by member {record.signer}", pos)
+        problem = None if committee is None else _signer_problem(record, committee, verifier)
+        if problem is not None:
+            return report(f"record {index}: {problem}", pos)
         records.append(record)
         counts[record.type] += 1
         prev = stored
