@@ -318,9 +318,42 @@ def _attempt_result(attempt: StepAttempt) -> str:
         return ("already_applied" if attempt.already_applied else "applied") if ok else "error"
     if attempt.action == "compensate":
         return "compensated" if ok else "compensation_error"
+    if attempt.action == "check":
+        return "denied"
     if not ok:
         return "query_error"
     return "query_applied" if attempt.already_applied else "query_not_applied"
+
+
+def intent_event(intent: ExecutionIntent, *, agent_id: str, ts: int) -> AuditEvent:
+    """The audit event of an execution intent (its submitter announced the commit)."""
+    return AuditEvent(task_id=intent.task_id, proposal_id=intent.proposal_id,
+                      commit_id=intent.commit_id, agent_id=agent_id, role="submitter",
+                      resource_targets=intent.resource_targets, result="intent",
+                      layer="commit", ts=ts)
+
+
+def attempt_event(attempt: StepAttempt, intent: ExecutionIntent, *,
+                  agent_id: str) -> AuditEvent:
+    """The audit event of one handler call (``applied``, ``already_applied``, ``error``,
+    ``compensated``, ``query_applied``, ``denied`` ...)."""
+    event = AuditEvent.from_attempt(attempt, intent, agent_id=agent_id)
+    return event.model_copy(update={"result": _attempt_result(attempt)})
+
+
+def result_events(intent: ExecutionIntent, result: CommitResult, *, agent_id: str, ts: int,
+                  rollback: bool = True) -> list[AuditEvent]:
+    """The audit events of a commit's result: its rollback (unless ``rollback`` is False or
+    none was needed), then the result itself."""
+    base = {"task_id": intent.task_id, "proposal_id": intent.proposal_id,
+            "commit_id": intent.commit_id, "role": "submitter", "layer": "commit",
+            "resource_targets": intent.resource_targets, "ts": ts, "agent_id": agent_id}
+    events = []
+    if rollback and result.rollback.result != "not_needed":
+        events.append(AuditEvent(**base, result=f"rollback_{result.rollback.result}",
+                                 error_code=result.rollback.error_code))
+    events.append(AuditEvent(**base, result=result.result, error_code=result.error_code))
+    return events
 
 
 def commit_events(records: Iterable[WalRecord], *,
@@ -336,13 +369,10 @@ def commit_events(records: Iterable[WalRecord], *,
         intent = commit.intents[-1][1]
         ts = min((a.started_ms for _, a in commit.attempts), default=0)
         for record, each in commit.intents:
-            events.append(AuditEvent(task_id=each.task_id, proposal_id=each.proposal_id,
-                                     commit_id=each.commit_id, agent_id=name(record.signer),
-                                     role="submitter", resource_targets=each.resource_targets,
-                                     result="intent", layer="commit", ts=ts))
+            events.append(intent_event(each, agent_id=name(record.signer), ts=ts))
         for record, attempt in commit.attempts:
-            event = AuditEvent.from_attempt(attempt, intent, agent_id=name(record.signer))
-            events.append(event.model_copy(update={"result": _attempt_result(attempt)}))
+            event = attempt_event(attempt, intent, agent_id=name(record.signer))
+            events.append(event)
             ts = max(ts, event.ts)
         base = {"task_id": intent.task_id, "proposal_id": intent.proposal_id,
                 "commit_id": intent.commit_id, "role": "submitter", "layer": "commit",
@@ -352,12 +382,8 @@ def commit_events(records: Iterable[WalRecord], *,
                                      result=f"rollback_{rollback.result}",
                                      error_code=rollback.error_code))
         for record, result in commit.results:
-            if not commit.rollbacks and result.rollback.result != "not_needed":
-                events.append(AuditEvent(**base, agent_id=name(record.signer),
-                                         result=f"rollback_{result.rollback.result}",
-                                         error_code=result.rollback.error_code))
-            events.append(AuditEvent(**base, agent_id=name(record.signer),
-                                     result=result.result, error_code=result.error_code))
+            events += result_events(intent, result, agent_id=name(record.signer), ts=ts,
+                                    rollback=not commit.rollbacks)
     return events
 
 

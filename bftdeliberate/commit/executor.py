@@ -164,7 +164,7 @@ class CommitExecutor:
         self._known: dict[int, bool] = {}
         # The current call: which step, what for, which attempt, and its timers.
         self._index = 0
-        self._action: Literal["apply", "compensate", "query"] = "apply"
+        self._action: Literal["apply", "compensate", "query", "check"] = "apply"
         self._attempt = 0
         self._in_flight = False
         self._started_ms = 0
@@ -192,6 +192,23 @@ class CommitExecutor:
         """Begin a fresh commit (the intent has just been ordered)."""
         self._begin()
         return self._step(0, now_ms)
+
+    def deny(self, index: int, refusal: StepOutcome, now_ms: int) -> list[Effect]:
+        """The permission check of every step, made before any runs, refused step ``index``
+        (``permission_denied`` or ``invalid_step``): the commit ends ``permission_denied`` and
+        nothing executes. The refusal is recorded as a ``check`` attempt."""
+        if refusal.ok or refusal.error_code not in ("permission_denied", "invalid_step"):
+            raise ValueError("a denial is a permission_denied or invalid_step outcome")
+        if not 0 <= index < len(self.intent.steps):
+            raise ValueError(f"no step {index} in this commit")
+        self._begin()
+        self._index, self._action, self._attempt = index, "check", 1
+        self._started_ms = now_ms
+        self._status[index] = "failed"
+        self._errors[index] = refusal.error_code
+        self._failed_step, self._error_code = index, refusal.error_code
+        record = self._record(refusal, refusal.error_code, False, now_ms)
+        return [record, *self._finish("permission_denied")]
 
     def resume(self, applied: dict[int, bool], now_ms: int) -> list[Effect]:
         """Continue a commit whose intent has no result (a new submitter after a crash or a

@@ -88,8 +88,9 @@ TimeoutMs = Annotated[int, Field(ge=1, le=MAX_STEP_TIMEOUT_MS)]
 View = Annotated[int, Field(ge=0, le=MAX_UINT)]
 Tag = Annotated[str, Field(min_length=1, max_length=MAX_REASON_LENGTH, pattern=TAG_PATTERN)]
 CommitOutcome = Literal["committed", "rolled_back", "failed", "permission_denied", "conflict"]
-#: What a handler call was: run the step, undo it, or ask whether its key was applied.
-Action = Literal["apply", "compensate", "query"]
+#: What a handler call was: run the step, undo it, or ask whether its key was applied; or the
+#: permission check of every step before any runs (``check``: no effect, refused steps only).
+Action = Literal["apply", "compensate", "query", "check"]
 
 
 # -- keys and resources ------------------------------------------------------------------------

@@ -551,6 +551,12 @@ class Ledger:
         task = self._tasks.get(task_id)
         return task is not None and task["state"] == "approved" and not self._audit_pending(task)
 
+    def commit_duties(self, member: str, view: int) -> list[tuple[str, str]]:
+        """What ``member`` owes as the single submitter of ``view`` (``CommitBook.duties``
+        over the commit-ready tasks, in log order)."""
+        ready = [task_id for task_id in self._tasks if self.commit_ready(task_id)]
+        return self.commits.duties(member, view, ready)
+
     # -- reads -------------------------------------------------------------------------------
 
     @property
