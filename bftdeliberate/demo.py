@@ -45,8 +45,8 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,11 @@ from typing import Any
 import trio
 
 from bftdeliberate.agents.loop import AgentConfig, AgentLoop
+from bftdeliberate.agents.submitter import AUDIT_FILE_NAME, WAL_FILE_NAME, SubmitterLoop
+from bftdeliberate.audit.events import AuditLog
+from bftdeliberate.commit.executor import RetryPolicy
+from bftdeliberate.commit.handlers.base import HandlerRegistry
+from bftdeliberate.commit.wal import CommitWal
 from bftdeliberate.committee import Committee, init_keystore, load_committee, parse_address
 from bftdeliberate.crypto import PrivateKey, load_private_key
 from bftdeliberate.deliberation.debater import Debater
@@ -114,6 +119,8 @@ class LocalMember:
     running: bool
     #: The client the agent signs with (None when ``running`` is False).
     client: CommitteeClient | None = None
+    #: The member's commit-layer submitter (None without handlers).
+    submitter: SubmitterLoop | None = None
 
 
 @dataclass(slots=True)
@@ -137,6 +144,8 @@ async def open_local_committee(
     data_root: Path | None = None, agent_config: AgentConfig | None = None,
     replica_config: ReplicaConfig | None = None, run_agents: Sequence[bool] | None = None,
     on_submit: Callable[[int, Any], None] | None = None, committee_addresses: bool = False,
+    handlers: Callable[[int], HandlerRegistry] | None = None,
+    commit_policy: RetryPolicy | None = None,
 ) -> AsyncIterator[LocalCommittee]:
     """Every member of ``committee`` in this process over TCP on 127.0.0.1 (ephemeral ports),
     each with the deliberation ledger and an agent loop around ``debaters[i]`` (None: that
@@ -155,28 +164,62 @@ async def open_local_committee(
     addresses = {i: tuple(listener.socket.getsockname()[:2])
                  for i, listener in enumerate(listeners)}
     async with AsyncExitStack() as stack:
+        if handlers is not None and data_root is None:
+            data_root = Path(stack.enter_context(tempfile.TemporaryDirectory(
+                prefix="bftd-commit-")))
+            volatile = True
+        else:
+            volatile = False
         members: list[LocalMember] = []
         for i, member in enumerate(committee.members):
             ledger = Ledger(committee)
             submitted = None if on_submit is None else (lambda op, i=i: on_submit(i, op))
             agent = AgentLoop(ledger, member.name, debaters[i], config=agent_config, rank=i,
                               key=keys[i], on_submit=submitted)
-            config = PeerConfig(committee, i, keys[i], app=ledger, on_execute=agent.on_execute,
-                                listeners=[listeners[i]], addresses=addresses,
-                                data_dir=None if data_root is None else data_root / f"data-{i}",
-                                replica_config=replica_config or ReplicaConfig())
+            data_dir = None if data_root is None else data_root / f"data-{i}"
+            submitter = None
+            if handlers is not None and run_agents[i]:
+                assert data_dir is not None
+                submitter = stack.enter_context(_open_submitter(
+                    committee, i, keys[i], ledger, handlers(i), data_dir, commit_policy))
+            hooks = [agent.on_execute] + ([] if submitter is None else [submitter.on_execute])
+            config = PeerConfig(
+                committee, i, keys[i], app=ledger,
+                on_execute=lambda e, hooks=hooks: [hook(e) for hook in hooks] and None,
+                on_view_change=None if submitter is None else submitter.on_view_change,
+                listeners=[listeners[i]], addresses=addresses,
+                data_dir=None if data_dir is None or volatile else data_dir,
+                replica_config=replica_config or ReplicaConfig())
             peer = await stack.enter_async_context(open_peer(config))
-            members.append(LocalMember(i, member.name, peer, ledger, agent, run_agents[i]))
+            if submitter is not None:
+                submitter.bind_view(lambda peer=peer: peer.replica.view)
+            members.append(LocalMember(i, member.name, peer, ledger, agent, run_agents[i],
+                                       submitter=submitter))
         nursery = await stack.enter_async_context(trio.open_nursery())
         for member in members:
             if member.running:
                 member.client = await stack.enter_async_context(open_client(
                     committee, member.name, keys[member.id], addresses=addresses))
                 await nursery.start(member.agent.run, member.client)
+                if member.submitter is not None:
+                    await nursery.start(member.submitter.run, member.agent.request)
         try:
             yield LocalCommittee(committee, members, addresses)
         finally:
             nursery.cancel_scope.cancel()
+
+
+@contextmanager
+def _open_submitter(committee: Committee, member: int, key: PrivateKey, ledger: Ledger,
+                    registry: HandlerRegistry, data_dir: Path, policy: RetryPolicy | None
+                    ) -> Iterator[SubmitterLoop]:
+    """Member ``member``'s submitter with its WAL and audit log in ``data_dir``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with CommitWal.open(data_dir / WAL_FILE_NAME, committee_digest=committee.digest,
+                        signer=member, key=key) as wal, \
+            AuditLog(data_dir / AUDIT_FILE_NAME) as audit:
+        yield SubmitterLoop(ledger, committee.member(member).name, registry=registry,
+                            view=lambda: 0, wal=wal, audit=audit, policy=policy)
 
 
 # ---------------------------------------------------------------------- the demo

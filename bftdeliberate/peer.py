@@ -139,6 +139,8 @@ class PeerConfig:
     clock: Callable[[], float] = time.time
     lost_disk: bool = False
     on_execute: Callable[[Execute], None] | None = None
+    #: Called (inside the peer's step: no IO) when the replica's view or its activity changed.
+    on_view_change: Callable[[int, bool], None] | None = None
 
 
 @dataclass(slots=True)
@@ -395,6 +397,8 @@ class Peer:
         event = "view entered" if replica.view_active else "view change started"
         logger.warning(event, extra={"fields": self._position() | {
             "primary": replica.primary, "view_changes": replica.stats.new_views}})
+        if self.config.on_view_change is not None:
+            self.config.on_view_change(replica.view, replica.view_active)
 
     def _on_evidence(self, evidence: Evidence) -> None:
         self.evidence.append(evidence)

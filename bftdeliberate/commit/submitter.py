@@ -216,10 +216,11 @@ class Submitter:
                      if (d := e.next_deadline_ms()) is not None]
         return min(deadlines, default=None)
 
-    @property
-    def busy(self) -> bool:
-        """A commit is executing, or a result or intent is being ordered."""
-        return bool(self._running or self._results or self._pending_ops)
+    def settled(self, ledger: Ledger) -> bool:
+        """Nothing executing or being ordered, and every result this member produced is held
+        by ``ledger``."""
+        return not self._running and not self._pending_ops and all(
+            ledger.commits.status(cid)["result"] is not None for cid in self._results)
 
     @property
     def running(self) -> list[str]:
