@@ -125,6 +125,21 @@ def _agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="scripted: propose the plan of this proposal.json in round 0 "
                              "(cluster up: member 0 proposes it)")
     _llm_arguments(parser, "--debater llm")
+    commit = parser.add_argument_group(
+        "commit layer", "the shared resources the single submitter (the primary, with the "
+        "submit role) changes when a plan is approved; give every member the same ones")
+    commit.add_argument("--sandbox", type=Path, default=None, metavar="DIR",
+                        help="file steps (file:PATH targets) write inside DIR only; commands "
+                             "run in DIR")
+    commit.add_argument("--patches", type=Path, default=None, metavar="DIR",
+                        help="the patch store: a patch step's patch_id names a file in DIR "
+                             "(its full new content)")
+    commit.add_argument("--kv-db", type=Path, default=None, metavar="FILE",
+                        help="kv steps (kv:TABLE/KEY targets) write this SQLite database")
+    commit.add_argument("--kv-table", action="append", default=[], metavar="NAME",
+                        help="a table kv steps may write (repeat; the allow-list)")
+    commit.add_argument("--allow-command", action="append", default=[], metavar="PROGRAM",
+                        help="a program test/command steps may run (repeat; the allow-list)")
 
 
 def _agent_options(args: argparse.Namespace):
@@ -133,7 +148,10 @@ def _agent_options(args: argparse.Namespace):
     return AgentOptions(app=args.app, debater=args.debater, position=args.position,
                         behaviour=args.behaviour, plan=args.plan,
                         llm_base_url=args.llm_base_url, model=args.model,
-                        api_key_env=args.api_key_env)
+                        api_key_env=args.api_key_env, sandbox=args.sandbox,
+                        patches=args.patches, kv_db=args.kv_db,
+                        kv_tables=tuple(args.kv_table),
+                        allow_commands=tuple(args.allow_command))
 
 
 def _members(text: str) -> int:
@@ -212,7 +230,7 @@ EXAMPLES = {
     "audit verify": "examples:\n  bftd audit verify data-0/commit.wal --committee keys/committee.json\n"
                     "  bftd audit verify commit.wal --committee keys/committee.json --json",
     "audit report": "examples:\n  bftd audit report data-0/audit.jsonl\n"
-                    "  bftd audit report audit.jsonl --json",
+                    "  bftd audit report data-*/audit.jsonl --json",
     "commit show": "examples:\n  bftd commit show 3f9a...c2 --wal data-0/commit.wal\n"
                    "  bftd commit show 3f9a...c2 --wal commit.wal --committee "
                    "keys/committee.json --json",
@@ -522,7 +540,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = _command(audit, "report", "figures from an audit log (JSON lines): failure "
                       "reasons, rollbacks, conflicts, duplicate commits, attribution",
                       EXAMPLES["audit report"])
-    report.add_argument("log", metavar="LOG", type=Path, help="an audit log (JSON lines)")
+    report.add_argument("log", metavar="LOG", type=Path, nargs="+",
+                        help="audit logs (JSON lines), e.g. every member's: one report over "
+                             "all their events")
     report.add_argument("--json", action="store_true", help="print the report as JSON")
     report.set_defaults(handler=cmd_audit_report)
     commit = _group(_command(commands, "commit", "the commit layer's records"),
@@ -1019,14 +1039,17 @@ def cmd_audit_report(args: argparse.Namespace, console: Console) -> int:
     from bftdeliberate.audit.events import read_audit_log
     from bftdeliberate.audit.report import audit_report
 
-    log = read_audit_log(args.log)
-    report = {"file": str(args.log), "torn_tail": log.torn_tail, **audit_report(log.events)}
+    logs = [read_audit_log(path) for path in args.log]
+    events = [event for log in logs for event in log.events]
+    torn = [log.torn_tail for log in logs if log.torn_tail]
+    report = {"file": ", ".join(map(str, args.log)), "torn_tail": "; ".join(torn) or None,
+              **audit_report(events)}
     code = EXIT_OK if report["duplicate_commits"] == 0 else EXIT_FAILED
     if args.json:
         print(json.dumps(report, indent=2))
         return code
-    if log.torn_tail:
-        Console(stderr=True, soft_wrap=True).print(f"bftd: warning: {log.torn_tail}",
+    for tail in torn:
+        Console(stderr=True, soft_wrap=True).print(f"bftd: warning: {tail}",
                                                    markup=False, highlight=False)
     _render_audit_report(report, console if console.is_terminal else Console(width=120))
     return code
@@ -1382,6 +1405,17 @@ def _render_task(task: dict[str, Any], console: Console) -> None:
         for f in groupthink["signals"]) or "none")
         + (f"; audits: {audits}" if audits else "")
         + f"; commit ready: {groupthink['commit_ready']}", highlight=False)
+    commit = task.get("commit")
+    if commit is not None:
+        submitters = ", ".join(f"{s['submitter']} (view {s['view']})"
+                               for s in commit["submitters"])
+        steps = ", ".join(f"{s['index']} {s['status']}" for s in commit["steps"] or [])
+        console.print(f"commit {commit['commit_id'][:16]}: {commit['result'] or 'pending'}"
+                      + (f" ({commit['error_code']})" if commit["error_code"] else "")
+                      + f"; submitted by {submitters}; resources "
+                      + ", ".join(commit["resource_targets"])
+                      + f" ({commit['grant']})" + (f"; steps {steps}" if steps else ""),
+                      highlight=False)
 
 
 def cmd_bench_debate(args: argparse.Namespace, console: Console) -> int:

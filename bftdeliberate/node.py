@@ -12,6 +12,7 @@ happen. ``--app`` defaults to ``ledger`` when a debater is chosen, else to ``kv`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -33,6 +34,7 @@ from bftdeliberate.committee import (
 )
 from bftdeliberate.crypto import PrivateKey, load_private_key
 from bftdeliberate.errors import ConfigError, DecodeError, LocalError, leaf_exceptions
+from bftdeliberate.files import read_bytes
 from bftdeliberate.pbft.config import ReplicaConfig
 from bftdeliberate.wire import cbor
 
@@ -47,6 +49,10 @@ DEFAULT_CLIENT_KEY = "client-0.key"
 #: Seconds ``bftd client`` waits for f+1 matching replies by default.
 DEFAULT_CLIENT_TIMEOUT = 10.0
 
+
+#: The patch store (``--patches DIR``): files at most, and bytes per file.
+MAX_PATCHES = 1024
+MAX_PATCH_SIZE = 16 * 1024 * 1024
 
 APPS = ("kv", "ledger")
 DEBATERS = ("none", "scripted", "llm")
@@ -66,6 +72,17 @@ class AgentOptions:
     llm_base_url: str | None = None
     model: str | None = None
     api_key_env: str | None = None
+    #: Commit layer: the shared resources this member may change as the single submitter.
+    sandbox: Path | None = None
+    patches: Path | None = None
+    kv_db: Path | None = None
+    kv_tables: tuple[str, ...] = ()
+    allow_commands: tuple[str, ...] = ()
+
+    @property
+    def commits(self) -> bool:
+        """Run a commit submitter (some effect handler is configured)."""
+        return self.sandbox is not None or self.kv_db is not None
 
     @property
     def resolved_app(self) -> str:
@@ -102,6 +119,61 @@ class AgentOptions:
                               "--debater llm")
         if self.plan is not None:
             self.script_plan()
+        self._check_commit_options()
+
+    def _check_commit_options(self) -> None:
+        commit_flags = (self.patches, self.kv_tables or None, self.allow_commands or None)
+        if not self.commits:
+            if any(value is not None for value in commit_flags):
+                raise ConfigError("--patches, --kv-table and --allow-command need --sandbox "
+                                  "or --kv-db")
+            return
+        if self.resolved_app != "ledger":
+            raise ConfigError("--sandbox/--kv-db (the commit layer) need --app ledger")
+        if self.kv_db is not None and not self.kv_tables:
+            raise ConfigError("--kv-db needs at least one --kv-table (the allow-listed tables)")
+        if self.kv_db is None and self.kv_tables:
+            raise ConfigError("--kv-table needs --kv-db")
+        if self.allow_commands and self.sandbox is None:
+            raise ConfigError("--allow-command needs --sandbox (commands run in it)")
+        if self.sandbox is not None and not self.sandbox.is_dir():
+            raise ConfigError(f"--sandbox {self.sandbox}: not a directory")
+        self.load_patches()
+
+    def load_patches(self) -> dict[str, bytes]:
+        """The patch store: every regular file of ``--patches DIR``, by file name."""
+        if self.patches is None:
+            return {}
+        try:
+            entries = sorted(self.patches.iterdir())
+        except OSError as error:
+            raise ConfigError(f"--patches {self.patches}: {error.strerror or error}") from None
+        store: dict[str, bytes] = {}
+        for entry in entries:
+            if not entry.is_file() or entry.name.startswith("."):
+                continue
+            if len(store) >= MAX_PATCHES:
+                raise ConfigError(f"--patches {self.patches}: more than {MAX_PATCHES} files")
+            store[entry.name] = read_bytes(entry, max_size=MAX_PATCH_SIZE, kind="a patch")
+        return store
+
+    def build_handlers(self) -> Any:
+        """The member's effect handlers (call :meth:`check` first)."""
+        from bftdeliberate.commit.handlers import (
+            CommandHandler,
+            FileHandler,
+            HandlerRegistry,
+            SqliteKvHandler,
+        )
+
+        patches = self.load_patches()
+        handlers: list[Any] = []
+        if self.sandbox is not None:
+            handlers.append(FileHandler(self.sandbox, patches))
+            handlers.append(CommandHandler(self.sandbox, self.allow_commands))
+        if self.kv_db is not None:
+            handlers.append(SqliteKvHandler(self.kv_db, self.kv_tables, patches))
+        return HandlerRegistry(handlers)
 
     def llm_config(self) -> Any:
         from bftdeliberate.agents.llm import LLMConfig
@@ -163,6 +235,15 @@ class AgentOptions:
             args += ["--llm-base-url", str(self.llm_base_url), "--model", str(self.model)]
             if self.api_key_env is not None:
                 args += ["--api-key-env", self.api_key_env]
+        # Every member gets the same (shared) resources: whoever is primary submits.
+        for flag, path in (("--sandbox", self.sandbox), ("--patches", self.patches),
+                           ("--kv-db", self.kv_db)):
+            if path is not None:
+                args += [flag, os.path.abspath(path)]
+        for table in self.kv_tables:
+            args += ["--kv-table", table]
+        for program in self.allow_commands:
+            args += ["--allow-command", program]
         return args
 
 
@@ -256,16 +337,31 @@ def node_run(*, member: int, committee_path: Path, key_path: Path, data_dir: Pat
         app = Ledger(committee)
         loop = AgentLoop(app, name, agent.build_debater(name), rank=member, key=key,
                          config=AgentConfig(debater_timeout=agent.debater_timeout()))
+    registry = agent.build_handlers() if agent.commits else None
 
     async def main() -> None:
-        peer_config = PeerConfig(committee, member, key, data_dir=data_dir,
-                                 replica_config=config, listen=listen_address,
-                                 metrics_port=metrics_port, lost_disk=lost_disk, app=app,
-                                 on_execute=None if loop is None else loop.on_execute)
+        with contextlib.ExitStack() as stack:
+            submitter = None
+            if registry is not None:
+                submitter = stack.enter_context(_open_submitter(
+                    committee, member, key, app, registry, data_dir))
+            hooks = [hook for hook in (getattr(loop, "on_execute", None),
+                                       getattr(submitter, "on_execute", None)) if hook]
+            peer_config = PeerConfig(
+                committee, member, key, data_dir=data_dir, replica_config=config,
+                listen=listen_address, metrics_port=metrics_port, lost_disk=lost_disk,
+                app=app, on_execute=(lambda e: [hook(e) for hook in hooks] and None)
+                if hooks else None,
+                on_view_change=None if submitter is None else submitter.on_view_change)
+            await _serve(peer_config, loop, submitter)
+
+    async def _serve(peer_config: Any, loop: Any, submitter: Any) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_peer(peer_config) as peer, trio.open_nursery() as nursery:
+                if submitter is not None:
+                    submitter.bind_view(lambda: peer.replica.view)
                 if loop is not None:
-                    nursery.start_soon(_serve_agent, committee, name, key, loop)
+                    nursery.start_soon(_serve_agent, committee, name, key, loop, submitter)
                 print(json.dumps({"event": "listening", "member": member,
                                   "address": f"{peer.host}:{peer.port}",
                                   "metrics_port": peer.metrics_port,
@@ -294,14 +390,35 @@ def node_run(*, member: int, committee_path: Path, key_path: Path, data_dir: Pat
     return 0
 
 
-async def _serve_agent(committee: Committee, name: str, key: PrivateKey, loop: Any) -> None:
-    """The member's agent: a client signing under the member's name, and the loop."""
+@contextlib.contextmanager
+def _open_submitter(committee: Committee, member: int, key: PrivateKey, ledger: Any,
+                    registry: Any, data_dir: Path) -> Any:
+    """The member's commit submitter with its WAL and audit log in ``data_dir``."""
+    from bftdeliberate.agents.submitter import AUDIT_FILE_NAME, WAL_FILE_NAME, SubmitterLoop
+    from bftdeliberate.audit.events import AuditLog
+    from bftdeliberate.commit.wal import CommitWal
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with CommitWal.open(data_dir / WAL_FILE_NAME, committee_digest=committee.digest,
+                        signer=member, key=key) as wal, \
+            AuditLog(data_dir / AUDIT_FILE_NAME) as audit:
+        yield SubmitterLoop(ledger, committee.member(member).name, registry=registry,
+                            view=lambda: 0, wal=wal, audit=audit)
+
+
+async def _serve_agent(committee: Committee, name: str, key: PrivateKey, loop: Any,
+                       submitter: Any = None) -> None:
+    """The member's agent: a client signing under the member's name, and the loop; the
+    submitter (if any) orders through the loop."""
     from bftdeliberate.peer import open_client
 
     debater = loop.debater
     try:
-        async with open_client(committee, name, key) as client:
-            await loop.run(client)
+        async with open_client(committee, name, key) as client, \
+                trio.open_nursery() as nursery:
+            await nursery.start(loop.run, client)
+            if submitter is not None:
+                nursery.start_soon(submitter.run, loop.request)
     finally:
         if hasattr(debater, "aclose"):  # the LLM debater's HTTP client
             with trio.CancelScope(shield=True):

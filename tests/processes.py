@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -39,6 +40,8 @@ class Node:
     metrics_port: int
     extra: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    #: Extra environment variables of the process (e.g. a failpoint).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def log_path(self) -> Path:
@@ -51,7 +54,8 @@ class Node:
                 "--data", str(self.keystore / f"data-{self.member}"),
                 "--metrics-port", str(self.metrics_port), *self.extra]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                            env={**os.environ, **self.env})
 
     def kill9(self) -> None:
         assert self.process is not None

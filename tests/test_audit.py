@@ -303,13 +303,13 @@ def test_commit_events_from_wal_records(tmp_path, genesis):
     assert all(e.layer == "commit" for e in events)
     first = [(e.agent_id, e.result, e.error_code) for e in events if e.commit_id == one.commit_id]
     assert first == [
-        ("agent-0", "intent", None), ("agent-0", "applied", None),
+        ("agent-0", "intent", None), ("agent-0", "checked", None),
         ("agent-0", "error", "transient"), ("agent-0", "applied", None),
         ("agent-0", "error", "test_failed"), ("agent-0", "compensated", None),
         ("agent-0", "compensated", None), ("agent-0", "rollback_compensated", None),
         ("agent-0", "rolled_back", "test_failed")]
     second = [(e.agent_id, e.result) for e in events if e.commit_id == two.commit_id]
-    assert second == [("agent-0", "intent"), ("agent-1", "intent"), ("agent-0", "applied"),
+    assert second == [("agent-0", "intent"), ("agent-1", "intent"), ("agent-0", "checked"),
                       ("agent-1", "query_applied"), ("agent-1", "applied"),
                       ("agent-1", "applied"), ("agent-1", "committed")]
     report = audit_report(events)

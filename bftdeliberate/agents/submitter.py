@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -56,6 +57,11 @@ logger = logging.getLogger("bftd.submitter")
 #: The member's commit WAL and audit log, in its data directory.
 WAL_FILE_NAME = "commit.wal"
 AUDIT_FILE_NAME = "audit.jsonl"
+#: Test failpoint (like etcd's gofail): ``commit.after_effect:N`` makes this process SIGKILL
+#: itself right after the handler applied step N of a commit -- the effect is in place, no
+#: WAL record or result says so -- the exact window the takeover protocol exists for.
+FAILPOINT_ENV = "BFTD_FAILPOINT"
+FAILPOINT_AFTER_EFFECT = "commit.after_effect:"
 #: Longest handler exception text kept in an outcome's detail.
 MAX_ERROR_TEXT = 300
 
@@ -64,6 +70,15 @@ Order = Callable[[BaseModel], Awaitable[dict[str, Any] | None]]
 
 def _without_id(data: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in data.items() if name != "commit_id"}
+
+
+def _after_effect_failpoint() -> int | None:
+    value = os.environ.get(FAILPOINT_ENV, "")
+    if value.startswith(FAILPOINT_AFTER_EFFECT):
+        index = value[len(FAILPOINT_AFTER_EFFECT):]
+        if index.isdigit():
+            return int(index)
+    return None
 
 
 class SubmitterLoop:
@@ -88,6 +103,7 @@ class SubmitterLoop:
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._order: Order | None = None
+        self._failpoint = _after_effect_failpoint()
         #: Handler calls that raised (a handler bug or an OS error), by exception type.
         self.handler_errors: dict[str, int] = {}
 
@@ -219,6 +235,10 @@ class SubmitterLoop:
                                        detail=f"{type(error).__name__}: {error}"[:MAX_ERROR_TEXT])
 
             outcome = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+            if isinstance(call, RunStep) and outcome.ok and self._failpoint == call.call.index:
+                log_event(logger, "warning", "failpoint: SIGKILL after the effect",
+                          member=self.name, step=call.call.index)
+                os.kill(os.getpid(), signal.SIGKILL)
         self._perform(self.core.call_done(effect.commit_id, call.call.index, call.attempt,
                                           outcome, self._now_ms()))
         self._poke()

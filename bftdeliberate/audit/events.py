@@ -23,7 +23,9 @@ read): an ``intent`` record's fields are ``ExecutionIntent.to_data()``, an ``att
 
 ``result`` tags of commit-layer attempt events (so the report can tell a second *effect*
 from a harmless repeat): an ``apply`` call is ``applied``, ``already_applied`` (the handler
-had the key: nothing done again) or ``error``; a ``compensate`` call ``compensated`` or
+had the key: nothing done again) or ``error`` -- a successful apply of a ``read`` step is
+``checked`` (it changes nothing); a permission check that refused a step is ``denied``; a
+``compensate`` call ``compensated`` or
 ``compensation_error``; a ``query`` call ``query_applied``, ``query_not_applied`` or
 ``query_error``. Outcome events carry the ``CommitResult.result`` (``committed``,
 ``rolled_back``, ``failed``, ``permission_denied``, ``conflict``) and rollback events
@@ -312,6 +314,10 @@ def parse_wal_records(records: Iterable[WalRecord], *,
             for cid, e in grouped.items()}
 
 
+#: Plan step kinds that change nothing (their successful apply is audited as ``checked``).
+EFFECT_FREE_STEPS = frozenset({"read"})
+
+
 def _attempt_result(attempt: StepAttempt) -> str:
     ok = attempt.result == "ok"
     if attempt.action == "apply":
@@ -336,9 +342,16 @@ def intent_event(intent: ExecutionIntent, *, agent_id: str, ts: int) -> AuditEve
 def attempt_event(attempt: StepAttempt, intent: ExecutionIntent, *,
                   agent_id: str) -> AuditEvent:
     """The audit event of one handler call (``applied``, ``already_applied``, ``error``,
-    ``compensated``, ``query_applied``, ``denied`` ...)."""
+    ``compensated``, ``query_applied``, ``denied`` ...; a successful ``read`` is
+    ``checked``)."""
     event = AuditEvent.from_attempt(attempt, intent, agent_id=agent_id)
-    return event.model_copy(update={"result": _attempt_result(attempt)})
+    result = _attempt_result(attempt)
+    if result in ("applied", "already_applied") and \
+            intent.steps[attempt.index].step.step in EFFECT_FREE_STEPS:
+        # A read changes nothing and records no key: running it again after a takeover is
+        # a second look, not a second effect.
+        result = "checked"
+    return event.model_copy(update={"result": result})
 
 
 def result_events(intent: ExecutionIntent, result: CommitResult, *, agent_id: str, ts: int,

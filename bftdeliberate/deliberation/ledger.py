@@ -624,7 +624,26 @@ class Ledger:
                            "commit_ready": self.commit_ready(task_id)},
             "stop_conditions": list(task["stop_conditions"]),
             "rounds": rounds, "proposals": proposals,
+            "commit": self._commit_summary(task_id),
         }
+
+    def _commit_summary(self, task_id: str) -> dict[str, Any] | None:
+        """The task's commit in brief: who submitted in which view, the grant and the
+        result with each step's status (None before an intent)."""
+        commit_id = self.commits.commit_of(task_id)
+        if commit_id is None:
+            return None
+        status = self.commits.status(commit_id)
+        result = status["result"]
+        return {"commit_id": commit_id, "grant": status["grant"],
+                "submitters": [{"submitter": i["submitter"], "view": i["view"]}
+                               for i in status["intents"]],
+                "resource_targets": list(status["intent"]["resource_targets"]),
+                "result": None if result is None else result["result"],
+                "error_code": None if result is None else result.get("error_code"),
+                "steps": None if result is None else [
+                    {"index": step["index"], "status": step["status"],
+                     "attempts": step["attempts"]} for step in result["steps"]]}
 
     def _status_result(self, op: Status) -> bytes:
         if op.task_id not in self._tasks:
