@@ -214,8 +214,8 @@ class CommitExecutor:
         """Continue a commit whose intent has no result (a new submitter after a crash or a
         view change). ``applied`` holds what the WAL shows per step index: ``True`` applied
         (skipped), ``False`` known not applied (run). Any other step is in doubt and is first
-        asked about with :class:`QueryApplied`, until one turns out not applied (steps run in
-        order, so nothing after it was started); an applied step is never run again."""
+        asked about with :class:`QueryApplied` before it runs; an applied step is never run
+        again."""
         for index in applied:
             if not 0 <= index < len(self.intent.steps):
                 raise ValueError(f"no step {index} in this commit")
@@ -338,9 +338,8 @@ class CommitExecutor:
                 error_code=code))
         if code is None:
             if self._action == "query" and not outcome.already_applied:
-                # Steps run in order: the earlier submitter never got past this step, so the
-                # later steps were never started and need no question.
-                self._resumed = False
+                # Later steps are still asked about: a step that leaves no key behind (a
+                # read) may look "not applied" although the earlier submitter went past it.
                 return effects + self._new_call(index, "apply", now_ms)
             applied_before = self._action == "query" or outcome.already_applied
             self._complete(index, "already_applied" if applied_before else "applied")
