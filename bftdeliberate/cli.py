@@ -290,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
                     EXAMPLES["demo"])
     demo.add_argument("--n", type=_members, default=4, help="committee size (default 4)")
     demo.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    demo.add_argument("--dir", type=Path, default=None,
+                      help="keep the keystore, data directories (WALs, audit logs) and the "
+                           "sandbox in this new or empty directory (default: a temporary "
+                           "one, removed)")
     _llm_arguments(demo, "the honest members' debaters ask this OpenAI-compatible server "
                          "(default: scripted debaters)")
     demo.set_defaults(handler=cmd_demo)
@@ -550,7 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = _command(commit, "show", "print one commit's commit_record.json from a WAL "
                     "(read-only)", EXAMPLES["commit show"])
     show.add_argument("commit_id", metavar="ID", help="the commit id (64 hex digits)")
-    show.add_argument("--wal", type=Path, required=True, help="a commit WAL file")
+    show.add_argument("--wal", type=Path, required=True, action="append",
+                      help="a commit WAL file (repeat for every member's: a commit taken "
+                           "over lists each submitter's attempts)")
     show.add_argument("--committee", type=Path, help="committee.json: also verify every "
                       "record's signature and name signers (default: chain only)")
     show.add_argument("--json", action="store_true", help="print only commit_record.json")
@@ -587,7 +593,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     llm = _llm_option(args)
     progress = None if args.json else (
         lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True))
-    result = run_demo(n=args.n, llm=llm, progress=progress)
+    result = run_demo(n=args.n, llm=llm, progress=progress, directory=args.dir)
     report = result.report
     code = EXIT_OK if result.ok else EXIT_FAILED
     if args.json:
@@ -665,9 +671,54 @@ def _render_demo(report: dict[str, Any], console: Console) -> None:
     if proposal is not None:
         console.print("proposal.json:")
         console.print_json(json.dumps(proposal))
+    _render_demo_commit(report, console)
     if not report["ok"] and report["debaters"] == "llm":
         console.print("[red]no honest debater answered[/]: is the model server up? "
                       "(per-member model calls and errors: bftd demo --json, members[].llm)")
+
+
+def _render_demo_commit(report: dict[str, Any], console: Console) -> None:
+    commit = report.get("commit")
+    if commit is None:
+        return
+    colour = "green" if commit["result"] == "committed" else "red"
+    submitters = " -> ".join(f"{s['submitter']} (view {s['view']})"
+                             for s in commit["submitters"])
+    console.print(f"commit {commit['commit_id'][:16]}: [bold {colour}]{commit['result']}[/] "
+                  f"by {submitters}; members agree: {commit['members_agree']}",
+                  highlight=False)
+    for fault in commit["injected"]:
+        what = ("transient failure, retried after a backoff" if fault["fault"] == "transient"
+                else "the submitter crashed after the effect, before any record of it; the "
+                     "next primary asked the handler and did not apply it again")
+        console.print(f"  injected at step {fault['step']}: {what}", highlight=False)
+    steps = Table(box=box.SIMPLE_HEAD, title=f"plan applied in {commit['sandbox']}")
+    for column in ("step", "kind", "target / command", "status", "attempts"):
+        steps.add_column(column)
+    for step in commit["steps"]:
+        steps.add_row(str(step["index"]), step["step"],
+                      step.get("target") or step.get("cmd") or "", step["status"],
+                      str(step["attempts"]))
+    console.print(steps)
+    after = commit["after"]
+    for name, content in after["files"].items():
+        if content != commit["before"]["files"].get(name):
+            console.print(f"  {name}: {commit['before']['files'].get(name)!r} -> {content!r}",
+                          markup=False, highlight=False)
+    for name, value in after["kv"].items():
+        console.print(f"  kv {name}: {commit['before']['kv'].get(name)!r} -> {value!r}",
+                      markup=False, highlight=False)
+    audit = report["audit"]
+    chain = audit.get("attribution") or {}
+    console.print(f"audit: {audit['events']} events; duplicate commits: "
+                  f"[bold]{report['duplicate_commits']}[/]; effects applied: "
+                  f"{report['effects_applied']} of {len(commit['steps'])} steps; proposer "
+                  f"{chain.get('proposer')}, approvers {', '.join(chain.get('approvers') or [])}"
+                  f", submitters {', '.join(chain.get('submitters') or [])}", highlight=False)
+    if commit["record"] is not None:
+        console.print(f"commit_record.json: {len(commit['record']['attempts'])} attempts, "
+                      f"{len(commit['record']['signatures'])} signed WAL records (bftd demo "
+                      "--json: commit.record)", highlight=False)
 
 
 def cmd_keys_init(args: argparse.Namespace, console: Console) -> int:
@@ -1107,31 +1158,23 @@ def _render_audit_report(report: dict[str, Any], console: Console) -> None:
 def cmd_commit_show(args: argparse.Namespace, console: Console) -> int:
     """Exit 0 with the commit's record, 1 when the WAL has no such commit, 2 when the WAL
     cannot be read or is damaged (one line with the byte offset; the file is only read)."""
-    from bftdeliberate.audit.events import load_wal, parse_wal_records
-    from bftdeliberate.commit.model import CommitRecord, RecordSignature
+    from bftdeliberate.audit.events import commit_record, load_wal, parse_wal_records
     from bftdeliberate.committee import load_committee
 
     committee = load_committee(args.committee) if args.committee is not None else None
-    records = load_wal(args.wal, committee)
-    commits = parse_wal_records(records, source=str(args.wal))
-    commit = commits.get(args.commit_id)
-    if commit is None:
-        Console(stderr=True, soft_wrap=True).print(
-            f"bftd: {args.wal}: no commit {args.commit_id!r} ({len(commits)} commits in the "
-            "WAL)", markup=False, highlight=False)
-        return EXIT_FAILED
+    records = [record for path in args.wal for record in load_wal(path, committee)]
+    wals = ", ".join(map(str, args.wal))
 
     def signer(member: int) -> str:
         return committee.member(member).name if committee is not None else f"member-{member}"
 
-    signatures = tuple(RecordSignature(signer=signer(record.signer), record=record.type,
-                                       signature=record.signature.hex())
-                       for record, _ in (*commit.intents, *commit.attempts, *commit.results))
-    result = commit.results[-1][1] if commit.results else None
-    record = CommitRecord.build(commit.intents[-1][1], [a for _, a in commit.attempts], result,
-                                signatures)
-    if result is None and commit.rollbacks:  # crashed mid-rollback: show how far it got
-        record = record.model_copy(update={"rollback": commit.rollbacks[-1][1]})
+    record = commit_record(records, args.commit_id, member_name=signer, source=wals)
+    if record is None:
+        commits = len(parse_wal_records(records, source=wals))
+        Console(stderr=True, soft_wrap=True).print(
+            f"bftd: {wals}: no commit {args.commit_id!r} ({commits} commits in the "
+            "WAL)", markup=False, highlight=False)
+        return EXIT_FAILED
     if args.json:
         print(record.to_json())
         return EXIT_OK

@@ -35,8 +35,8 @@ open and its second one is refused as a duplicate, however the requests interlea
   ``f``, ``committee_digest``, ``transport``, ``debaters``, ``honest_members_agree``,
   ``seconds``. A run that found no decision in time has ``ok`` false and ``error``.
 
-:func:`open_local_committee` (the in-process committee) is shared with the debate benchmark
-and the tests.
+:func:`~bftdeliberate.local.open_local_committee` (the in-process committee, re-exported
+here) is shared with the debate benchmark and the tests.
 """
 
 from __future__ import annotations
@@ -45,29 +45,36 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import trio
 
 from bftdeliberate.agents.loop import AgentConfig, AgentLoop
-from bftdeliberate.agents.submitter import AUDIT_FILE_NAME, WAL_FILE_NAME, SubmitterLoop
-from bftdeliberate.audit.events import AuditLog
+from bftdeliberate.agents.submitter import AUDIT_FILE_NAME, WAL_FILE_NAME
+from bftdeliberate.audit.events import commit_record, load_wal, read_audit_log
+from bftdeliberate.audit.report import audit_report
 from bftdeliberate.commit.executor import RetryPolicy
-from bftdeliberate.commit.handlers.base import HandlerRegistry
-from bftdeliberate.commit.wal import CommitWal
-from bftdeliberate.committee import Committee, init_keystore, load_committee, parse_address
-from bftdeliberate.crypto import PrivateKey, load_private_key
-from bftdeliberate.deliberation.debater import Debater
+from bftdeliberate.commit.handlers import (
+    CommandHandler,
+    FileHandler,
+    HandlerRegistry,
+    SqliteKvHandler,
+)
+from bftdeliberate.commit.handlers.base import transient
+from bftdeliberate.commit.types import StepCall, StepOutcome
+from bftdeliberate.committee import init_keystore, load_committee
+from bftdeliberate.crypto import load_private_key
 from bftdeliberate.deliberation.ledger import Ledger
 from bftdeliberate.deliberation.ops import OpenTask
 from bftdeliberate.deliberation.scripts import Script, ScriptedDebater
-from bftdeliberate.errors import LocalError
+from bftdeliberate.errors import ConfigError, LocalError
+from bftdeliberate.local import LocalCommittee, LocalMember, open_local_committee
 from bftdeliberate.pbft.config import ReplicaConfig
-from bftdeliberate.peer import CommitteeClient, Peer, PeerConfig, open_client, open_peer
+
+__all__ = ["DemoResult", "LocalCommittee", "LocalMember", "open_local_committee", "run_demo"]
 
 #: Wall seconds the scripted demo may take before it is declared failed.
 DEMO_TIME_LIMIT = 60.0
@@ -85,13 +92,32 @@ DEMO_CONTEXT = (
 )
 DEMO_EVIDENCE = ("incident:INC-4821", "dashboard:grafana/checkout-errors",
                  "changelog:release-2.3", "migration:0042_add_payment_index")
-#: The plan member 0 proposes (proposal.json step format).
+#: The plan member 0 proposes (proposal.json step format): check the 2.2 release manifest,
+#: point the deployment file at 2.2, record the release in the release database, and smoke
+#: test the result. The commit layer applies it inside the demo's sandbox directory.
 DEMO_PLAN: tuple[dict[str, Any], ...] = (
     {"step": "read", "target": "file:deploy/releases/2.2.yaml"},
-    {"step": "command", "cmd": "kubectl rollout undo deployment/api --to-revision=22",
-     "target": "k8s:deployment/api", "timeout_ms": 300000},
-    {"step": "test", "cmd": "make smoke-test ENV=prod", "timeout_ms": 600000},
+    {"step": "patch", "target": "file:deploy/api.yaml", "patch_id": "api-2.2"},
+    {"step": "patch", "target": "kv:releases/api", "patch_id": "release-2.2"},
+    {"step": "test", "cmd": "grep -q api:2.2 deploy/api.yaml", "timeout_ms": 10000},
 )
+#: The sandbox before the commit, and the patch store (content named by patch_id).
+DEMO_SANDBOX = {"deploy/api.yaml": b"image: registry.local/api:2.3\nreplicas: 6\n",
+                "deploy/releases/2.2.yaml": b"image: registry.local/api:2.2\nreplicas: 6\n"}
+DEMO_PATCHES = {"api-2.2": b"image: registry.local/api:2.2\nreplicas: 6\n",
+                "release-2.2": b"2.2"}
+DEMO_KV_TABLES = ("releases",)
+DEMO_COMMANDS = ("grep",)
+#: Injected faults: the file patch (step 1) fails once with a transient error (retried after
+#: a backoff); the first submitter crashes right after its handler applied step 2 (the
+#: database row) -- before any record says so; the next primary completes the commit.
+TRANSIENT_STEP = 1
+CRASH_AFTER_STEP = 2
+#: Commit tuning for a quick demo: short backoffs, a watchdog after 1 s, a view change after
+#: 1 s without progress.
+DEMO_RETRY = RetryPolicy(max_attempts=3, base_backoff_ms=50, max_backoff_ms=200)
+DEMO_STALL_MS = 1000
+DEMO_VIEW_CHANGE_TIMEOUT = 1.0
 DEMO_RISKS = ("rollback", "timeouts", "observability")
 DEMO_STOP_CONDITIONS = ("test_failed_twice", "permission_denied")
 HONEST_POSITION = "roll back to 2.2"
@@ -102,124 +128,6 @@ HONEST_EVIDENCE = (
     ("changelog:release-2.3", "trace:payments-client-4.1-pool"),
     ("migration:0042_add_payment_index", "runbook:rollback-api"),
 )
-
-
-# ------------------------------------------------------------------ the committee
-
-
-@dataclass(slots=True)
-class LocalMember:
-    """One in-process member: its peer, its ledger and its agent loop."""
-
-    id: int
-    name: str
-    peer: Peer
-    ledger: Ledger
-    agent: AgentLoop
-    running: bool
-    #: The client the agent signs with (None when ``running`` is False).
-    client: CommitteeClient | None = None
-    #: The member's commit-layer submitter (None without handlers).
-    submitter: SubmitterLoop | None = None
-
-
-@dataclass(slots=True)
-class LocalCommittee:
-    committee: Committee
-    members: list[LocalMember]
-    addresses: dict[int, tuple[str, int]] = field(default_factory=dict)
-
-    async def wait_all(self, predicate: Callable[[LocalMember], bool],
-                       members: Sequence[int] | None = None) -> None:
-        """Return once ``predicate(member)`` holds at every given member (default all),
-        re-checked after each of its executions."""
-        for member in (self.members if members is None else
-                       [self.members[i] for i in members]):
-            await member.agent.wait_until(lambda m=member: predicate(m))
-
-
-@asynccontextmanager
-async def open_local_committee(
-    committee: Committee, keys: Sequence[PrivateKey], debaters: Sequence[Debater | None], *,
-    data_root: Path | None = None, agent_config: AgentConfig | None = None,
-    replica_config: ReplicaConfig | None = None, run_agents: Sequence[bool] | None = None,
-    on_submit: Callable[[int, Any], None] | None = None, committee_addresses: bool = False,
-    handlers: Callable[[int], HandlerRegistry] | None = None,
-    commit_policy: RetryPolicy | None = None,
-) -> AsyncIterator[LocalCommittee]:
-    """Every member of ``committee`` in this process over TCP on 127.0.0.1 (ephemeral ports),
-    each with the deliberation ledger and an agent loop around ``debaters[i]`` (None: that
-    member only ticks). ``run_agents[i]`` False: member i runs no agent loop at all (an
-    operator signs as it instead). ``data_root``: protocol logs in ``data_root/data-I``
-    (None: in memory). ``committee_addresses``: listen on the members' committee addresses
-    (so that other processes, e.g. ``bftd task``, reach them) instead of ephemeral ports."""
-    n = committee.n
-    if len(keys) != n or len(debaters) != n:
-        raise LocalError(f"need {n} keys and {n} debaters")
-    run_agents = list(run_agents) if run_agents is not None else [True] * n
-    listeners = []
-    for member in committee.members:
-        host, port = parse_address(member.address) if committee_addresses else ("127.0.0.1", 0)
-        listeners.append((await trio.open_tcp_listeners(port, host=host))[0])
-    addresses = {i: tuple(listener.socket.getsockname()[:2])
-                 for i, listener in enumerate(listeners)}
-    async with AsyncExitStack() as stack:
-        if handlers is not None and data_root is None:
-            data_root = Path(stack.enter_context(tempfile.TemporaryDirectory(
-                prefix="bftd-commit-")))
-            volatile = True
-        else:
-            volatile = False
-        members: list[LocalMember] = []
-        for i, member in enumerate(committee.members):
-            ledger = Ledger(committee)
-            submitted = None if on_submit is None else (lambda op, i=i: on_submit(i, op))
-            agent = AgentLoop(ledger, member.name, debaters[i], config=agent_config, rank=i,
-                              key=keys[i], on_submit=submitted)
-            data_dir = None if data_root is None else data_root / f"data-{i}"
-            submitter = None
-            if handlers is not None and run_agents[i]:
-                assert data_dir is not None
-                submitter = stack.enter_context(_open_submitter(
-                    committee, i, keys[i], ledger, handlers(i), data_dir, commit_policy))
-            hooks = [agent.on_execute] + ([] if submitter is None else [submitter.on_execute])
-            config = PeerConfig(
-                committee, i, keys[i], app=ledger,
-                on_execute=lambda e, hooks=hooks: [hook(e) for hook in hooks] and None,
-                on_view_change=None if submitter is None else submitter.on_view_change,
-                listeners=[listeners[i]], addresses=addresses,
-                data_dir=None if data_dir is None or volatile else data_dir,
-                replica_config=replica_config or ReplicaConfig())
-            peer = await stack.enter_async_context(open_peer(config))
-            if submitter is not None:
-                submitter.bind_view(lambda peer=peer: peer.replica.view)
-            members.append(LocalMember(i, member.name, peer, ledger, agent, run_agents[i],
-                                       submitter=submitter))
-        nursery = await stack.enter_async_context(trio.open_nursery())
-        for member in members:
-            if member.running:
-                member.client = await stack.enter_async_context(open_client(
-                    committee, member.name, keys[member.id], addresses=addresses))
-                await nursery.start(member.agent.run, member.client)
-                if member.submitter is not None:
-                    await nursery.start(member.submitter.run, member.agent.request)
-        try:
-            yield LocalCommittee(committee, members, addresses)
-        finally:
-            nursery.cancel_scope.cancel()
-
-
-@contextmanager
-def _open_submitter(committee: Committee, member: int, key: PrivateKey, ledger: Ledger,
-                    registry: HandlerRegistry, data_dir: Path, policy: RetryPolicy | None
-                    ) -> Iterator[SubmitterLoop]:
-    """Member ``member``'s submitter with its WAL and audit log in ``data_dir``."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with CommitWal.open(data_dir / WAL_FILE_NAME, committee_digest=committee.digest,
-                        signer=member, key=key) as wal, \
-            AuditLog(data_dir / AUDIT_FILE_NAME) as audit:
-        yield SubmitterLoop(ledger, committee.member(member).name, registry=registry,
-                            view=lambda: 0, wal=wal, audit=audit, policy=policy)
 
 
 # ---------------------------------------------------------------------- the demo
@@ -305,8 +213,93 @@ def _llm_debaters(llm: dict[str, Any], names: Sequence[str]) -> list[Any]:
     return [OpenAICompatibleDebater(config) for _ in names]
 
 
+class InjectedFaults:
+    """Wraps an effect handler to inject the demo's faults (any handler: the registry checks
+    the EffectHandler protocol): ``transient_step``'s first apply fails with a transient
+    error; after ``crash_step``'s first successful apply, ``crash()`` is called (from the
+    worker thread, into trio) -- the submitter dies with the effect in place."""
+
+    def __init__(self, inner: Any, *, transient_step: int | None = None,
+                 crash_step: int | None = None, crash: Callable[[], None] | None = None
+                 ) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+        self.step_kinds = inner.step_kinds
+        self.transient_step = transient_step
+        self.crash_step = crash_step
+        self.crash = crash
+        #: What was injected: [{"fault", "step", "idempotency_key"}].
+        self.injected: list[dict[str, Any]] = []
+
+    def check(self, call: StepCall) -> StepOutcome | None:
+        return self.inner.check(call)
+
+    def apply(self, call: StepCall) -> StepOutcome:
+        if call.index == self.transient_step:
+            self.transient_step = None
+            self.injected.append({"fault": "transient", "step": call.index,
+                                  "idempotency_key": call.idempotency_key})
+            return transient("injected: the volume is busy")
+        outcome = self.inner.apply(call)
+        if call.index == self.crash_step and outcome.ok and self.crash is not None:
+            self.crash_step = None
+            self.injected.append({"fault": "submitter_crash", "step": call.index,
+                                  "idempotency_key": call.idempotency_key})
+            trio.from_thread.run_sync(self.crash)
+        return outcome
+
+    def was_applied(self, key: str) -> bool:
+        return self.inner.was_applied(key)
+
+    def state(self, key: str) -> Any:
+        return self.inner.state(key)
+
+    def compensate(self, call: StepCall) -> StepOutcome:
+        return self.inner.compensate(call)
+
+
+@dataclass
+class DemoResources:
+    """The sandbox, the release database and the handlers every member shares."""
+
+    sandbox: Path
+    database: Path
+    file: InjectedFaults
+    kv: InjectedFaults
+    command: CommandHandler
+    crash: Callable[[], None] = lambda: None
+
+    @classmethod
+    def create(cls, root: Path) -> DemoResources:
+        sandbox = root / "sandbox"
+        for name, content in DEMO_SANDBOX.items():
+            (sandbox / name).parent.mkdir(parents=True, exist_ok=True)
+            (sandbox / name).write_bytes(content)
+        database = root / "releases.db"
+        resources = cls(sandbox, database, None, None,  # type: ignore[arg-type]
+                        CommandHandler(sandbox, DEMO_COMMANDS))
+        resources.file = InjectedFaults(FileHandler(sandbox, DEMO_PATCHES),
+                                        transient_step=TRANSIENT_STEP)
+        resources.kv = InjectedFaults(SqliteKvHandler(database, DEMO_KV_TABLES, DEMO_PATCHES),
+                                      crash_step=CRASH_AFTER_STEP,
+                                      crash=lambda: resources.crash())
+        return resources
+
+    def registry(self, member: int) -> HandlerRegistry:
+        return HandlerRegistry([self.file, self.kv, self.command])
+
+    def contents(self) -> dict[str, Any]:
+        kv = self.kv.inner
+        return {"files": {name: (self.sandbox / name).read_text(errors="replace")
+                          for name in sorted(DEMO_SANDBOX)},
+                "kv": {f"{table}/api": (value.decode(errors="replace") if (
+                    value := kv.value(table, "api")) is not None else None)
+                    for table in DEMO_KV_TABLES}}
+
+
 def run_demo(n: int = 4, *, llm: dict[str, Any] | None = None,
-             progress: Callable[[str], None] | None = None) -> DemoResult:
+             progress: Callable[[str], None] | None = None,
+             directory: Path | None = None) -> DemoResult:
     """Run the debate; the report (see the module docstring and ``bftd demo --json``)."""
     if llm is not None:
         from bftdeliberate.agents.llm import LLMConfig
@@ -318,6 +311,12 @@ def run_demo(n: int = 4, *, llm: dict[str, Any] | None = None,
     level = bftd_logger.level
     bftd_logger.setLevel(max(level, logging.ERROR))
     try:
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            if any(directory.iterdir()):
+                raise ConfigError(f"--dir {directory}: not empty (the demo writes a fresh "
+                                  "keystore, data directories and sandbox there)")
+            return trio.run(_demo, n, directory, llm, progress or (lambda text: None))
         with tempfile.TemporaryDirectory(prefix="bftd-demo-") as temp:
             return trio.run(_demo, n, Path(temp), llm, progress or (lambda text: None))
     finally:
@@ -344,10 +343,17 @@ async def _demo(n: int, root: Path, llm: dict[str, Any] | None,
     round_ms = 10_000 if llm is None else 300_000
     agent_config = AgentConfig(debater_timeout=30.0 if llm is None else 600.0)
     decided = False
+    resources = DemoResources.create(root)
+    before = resources.contents()
     try:
         with trio.move_on_after(limit):
-            async with open_local_committee(committee, keys, debaters, data_root=root,
-                                            agent_config=agent_config) as local:
+            async with open_local_committee(
+                    committee, keys, debaters, data_root=root, agent_config=agent_config,
+                    replica_config=ReplicaConfig(view_change_timeout=DEMO_VIEW_CHANGE_TIMEOUT),
+                    handlers=resources.registry, commit_policy=DEMO_RETRY,
+                    commit_stall_ms=DEMO_STALL_MS) as local:
+                first_submitter = local.members[0]
+                resources.crash = first_submitter.crash
                 chair.agent = local.members[chair_index].agent
                 ports = ", ".join(f"{local.addresses[i][1]}" for i in range(n))
                 progress(f"{n} members up on 127.0.0.1 ports {ports}; {names[byzantine]} is "
@@ -363,20 +369,37 @@ async def _demo(n: int, root: Path, llm: dict[str, Any] | None,
                 progress(f"{names[0]} opened task {task_id}: {DEMO_QUESTION}")
                 honest = [i for i in range(n) if i != byzantine]
                 await local.wait_all(lambda m: m.ledger.decision(task_id) is not None, honest)
+                # The commit: members that neither submit first nor are Byzantine see it end
+                # (the first submitter crashes on the way: the next primary completes it).
+                completers = [i for i in honest if i != first_submitter.id]
+                if local.members[completers[0]].ledger.decision(task_id) == "approved":
+                    progress("approved: the commit layer applies the plan (one transient "
+                             f"failure and a crash of {names[0]}, the submitter, injected)")
+                    await local.wait_all(lambda m: _commit_ended(m.ledger, task_id),
+                                         completers)
+                    for i in completers:
+                        submitter = local.members[i].submitter
+                        assert submitter is not None
+                        await submitter.wait_until(lambda s=submitter: s.idle)
+                alive = [m.id for m in local.members if m.alive]
                 # Every agent done with the task (the Byzantine one's extra votes ordered),
                 # then every honest member has executed what the Byzantine one saw ordered.
-                await local.wait_all(lambda m: m.agent.idle)
+                await local.wait_all(lambda m: m.agent.idle, alive)
                 rogue = local.members[byzantine]
                 seen = len(_duplicate_votes(rogue.ledger, names[byzantine]))
                 await local.wait_all(lambda m: len(_duplicate_votes(
-                    m.ledger, names[byzantine])) >= seen, honest)
+                    m.ledger, names[byzantine])) >= seen,
+                    [i for i in honest if local.members[i].alive])
                 decided = True
                 report = _report(local, task_id, byzantine, llm)
+                report.update(_commit_report(local, root, task_id, resources, before,
+                                             completers, llm))
+                report["ok"] = report["ok"] and report["commit_ok"]
                 report["members"] = [
                     {"id": m.id, "name": m.name,
                      "address": f"127.0.0.1:{local.addresses[m.id][1]}",
                      "debater": _describe_debater(debaters[m.id]),
-                     "byzantine": m.id == byzantine,
+                     "byzantine": m.id == byzantine, "alive": m.alive,
                      "agent": {"contributions": m.agent.stats.contributions,
                                "abstentions": m.agent.stats.abstentions,
                                "votes": m.agent.stats.votes,
@@ -443,7 +466,8 @@ def _report(local: LocalCommittee, task_id: str, byzantine: int,
     honest = [m for m in local.members if m.id != byzantine]
     # Every honest member holds the same transcript, votes and decision (the task no longer
     # changes once decided; the members' whole states may differ by a few late operations).
-    digests = {json.dumps(m.ledger.task_status(task_id), sort_keys=True) for m in honest}
+    digests = {json.dumps({**m.ledger.task_status(task_id), "commit": None}, sort_keys=True)
+               for m in honest}
     rounds = [{
         "round": r["round"], "closed": r["closed_ms"] is not None,
         "duration_ms": None if r["closed_ms"] is None else r["closed_ms"] - r["opened_ms"],
@@ -488,3 +512,71 @@ def _report(local: LocalCommittee, task_id: str, byzantine: int,
         "honest_members_agree": len(digests) == 1,
         "commit_ready": ledger.commit_ready(task_id),
     }
+
+
+def _commit_ended(ledger: Ledger, task_id: str) -> bool:
+    commit_id = ledger.commits.commit_of(task_id)
+    return commit_id is not None and ledger.commits.status(commit_id)["result"] is not None
+
+
+def _commit_report(local: LocalCommittee, root: Path, task_id: str, resources: DemoResources,
+                   before: dict[str, Any], completers: list[int],
+                   llm: dict[str, Any] | None) -> dict[str, Any]:
+    """The commit part of the report: its status (agreed by the members that saw it end),
+    commit_record.json over every member's WAL, the resources before and after, the faults
+    injected, and the audit report over every member's audit log."""
+    committee = local.committee
+    reference = local.members[completers[0]].ledger
+    commit_id = reference.commits.commit_of(task_id)
+    if commit_id is None:
+        # No commit: fine only for a model debate that did not approve anything.
+        return {"commit": None, "duplicate_commits": 0, "effects_applied": 0,
+                "commit_ok": llm is not None and reference.decision(task_id) != "approved"}
+    statuses = [json.dumps(local.members[i].ledger.commits.status(commit_id), sort_keys=True)
+                for i in completers]
+    status = reference.commits.status(commit_id)
+    result = status["result"]
+    plan = status["intent"]["steps"]
+    steps = [{"index": step["index"], **step["step"],
+              "status": outcome["status"], "attempts": outcome["attempts"]}
+             for step, outcome in zip(plan, result["steps"], strict=True)]
+    effects_applied = sum(s["status"] in ("applied", "already_applied") for s in steps)
+    records = []
+    for member in committee.members:
+        wal = root / f"data-{member.id}" / WAL_FILE_NAME
+        if wal.exists():
+            records += load_wal(wal, committee)
+    record = commit_record(records, commit_id,
+                           member_name=lambda m: committee.member(m).name)
+    events = []
+    for member in committee.members:
+        log = root / f"data-{member.id}" / AUDIT_FILE_NAME
+        if log.exists():
+            events += read_audit_log(log).events
+    audit = audit_report(events)
+    attribution = next((a for a in audit["attribution"] if a["commit_id"] == commit_id), None)
+    committed = result["result"] == "committed"
+    return {
+        "commit": {
+            "commit_id": commit_id, "result": result["result"],
+            "error_code": result.get("error_code"),
+            "submitters": [{"submitter": i["submitter"], "view": i["view"]}
+                           for i in status["intents"]],
+            "resource_targets": status["intent"]["resource_targets"],
+            "steps": steps, "members_agree": len(set(statuses)) == 1,
+            "injected": resources.file.injected + resources.kv.injected,
+            "sandbox": str(resources.sandbox), "before": before,
+            "after": resources.contents(),
+            "record": None if record is None else json.loads(record.to_json()),
+        },
+        "audit": {name: audit[name] for name in (
+            "events", "commits", "failure_reasons", "rollback", "conflicts",
+            "duplicate_commits", "failures_by_layer")} | {"attribution": attribution},
+        "duplicate_commits": audit["duplicate_commits"],
+        "effects_applied": effects_applied,
+        # A model's plan may well be refused or rolled back in the sandbox; what must hold
+        # whatever the plan: no duplicate effect, and the members agree on the outcome.
+        "commit_ok": (audit["duplicate_commits"] == 0 and len(set(statuses)) == 1
+                      and (llm is not None or (committed and effects_applied == len(plan)))),
+    }
+

@@ -59,6 +59,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -147,10 +148,16 @@ def _attribution(operation: Any) -> tuple[Any, ...] | None:
     return None
 
 
+#: Told how a queued request ended: (ordered, the ledger's decoded answer or None). A request
+#: that could not be sent at all reports (False, None).
+OnDone = Callable[[bool, dict[str, Any] | None], None]
+
+
 @dataclass(slots=True)
 class _Queued:
     operation: bytes
     kind: str
+    on_done: OnDone | None = None
 
 
 class AgentDriver:
@@ -268,12 +275,15 @@ class AgentDriver:
 
     # ------------------------------------------------------------- sending
 
-    def open_task(self) -> None:
+    def open_task(self, question: str | None = None) -> None:
+        """Open the scenario's task (``question``: the same task under another question, for
+        scenarios with several tasks)."""
         task = self.harness.spec.task
         n = self.world.committee.n
         self.harness.note_open()
         self.enqueue(encode_op(OpenTask(
-            question=task.question, context=task.context, evidence=tuple(task.evidence),
+            question=question or task.question, context=task.context,
+            evidence=tuple(task.evidence),
             max_rounds=task.max_rounds, round_ms=task.round_ms, vote_ms=task.vote_ms,
             deadline_ms=task.deadline_ms, token_budget=task.token_budget,
             agent_token_budget=task.agent_token_budget, threshold=task.threshold,
@@ -348,12 +358,28 @@ class AgentDriver:
             else:
                 world.transmit(self.member, member, signed.raw, "request")
 
-    def enqueue(self, operation: bytes, kind: str) -> None:
+    def enqueue(self, operation: bytes, kind: str, on_done: OnDone | None = None) -> bool:
+        """Queue a request behind the outstanding one (False: the queue is full, dropped).
+        ``on_done`` hears how it ended (the commit driver's operations use it)."""
         if len(self.queue) >= MAX_AGENT_QUEUE:
             self.stats["queue-full"] += 1
-            return
-        self.queue.append(_Queued(operation, kind))
+            return False
+        self.queue.append(_Queued(operation, kind, on_done))
         self.pump()
+        return True
+
+    def drop_queued(self, kind: str) -> int:
+        """Forget the queued (not yet sent) requests of ``kind``: their sender died with its
+        member. Returns how many."""
+        kept = deque(queued for queued in self.queue if queued.kind != kind)
+        dropped = len(self.queue) - len(kept)
+        self.queue = kept
+        return dropped
+
+    @property
+    def idle(self) -> bool:
+        """Nothing outstanding, queued or being thought about."""
+        return self.outstanding is None and not self.queue and not self.thinking
 
     def pump(self) -> None:
         if self.outstanding is not None or not self.queue:
@@ -366,6 +392,8 @@ class AgentDriver:
             self.world.submit(self.name, queued.operation)
         except (LocalError, ValueError):
             self.stats["unsendable"] += 1
+            if queued.on_done is not None:
+                queued.on_done(False, None)
             self.pump()
             return
         self.outstanding = queued
@@ -386,6 +414,8 @@ class AgentDriver:
             self.rejected[str(reason)] += 1
         if done is not None and done.kind == "tick":
             self._last_tick_at = self.world.now
+        if done is not None and done.on_done is not None:
+            done.on_done(True, result if type(result) is dict else None)
         self.pump()
         self.request_poll()
 
@@ -549,12 +579,14 @@ class DebateHarness:
         return None
 
     def settled_at(self, member: int) -> bool:
-        """The task reached its end at ``member``'s ledger: decided or escalated; resolved if
-        the scenario has a resolver; audited if it has an auditor and needs one."""
+        """The task reached its end at ``member``'s ledger (see :meth:`task_settled`)."""
         ledger: Ledger = self.world.replicas[member].app  # type: ignore[assignment]
         task_id = self.find_task(ledger)
-        if task_id is None:
-            return False
+        return task_id is not None and self.task_settled(ledger, task_id)
+
+    def task_settled(self, ledger: Ledger, task_id: str) -> bool:
+        """``task_id`` reached its end in ``ledger``: decided or escalated; resolved if the
+        scenario has a resolver; audited if it has an auditor and needs one."""
         decision = ledger.decision(task_id)
         if decision is None or (decision == "escalated" and self.resolver is not None):
             return False

@@ -35,10 +35,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bftdeliberate import kv
+from bftdeliberate.commit.book import CommitBook
+from bftdeliberate.committee import Committee
 from bftdeliberate.deliberation.ledger import Ledger
 from bftdeliberate.errors import DecodeError
 from bftdeliberate.pbft.config import ReplicaConfig
 from bftdeliberate.wire.messages import decode_envelope
+from simulator.commit import CommitHarness
 from simulator.debate import DebateHarness
 from simulator.network import NetworkProfile
 from simulator.spec import BAD_CLIENT, TWIN, Event, Scenario, resolve
@@ -90,6 +93,8 @@ class RunResult:
     trace: list[dict[str, Any]] | None = field(default=None, repr=False)
     #: The debate's outcome (scenarios with a ``debate`` section; see simulator/debate.py).
     debate: dict[str, Any] | None = None
+    #: The commits' outcome (scenarios with a ``commit`` section; see simulator/commit.py).
+    commit: dict[str, Any] | None = None
 
     def as_dict(self, *, include_spec: bool = True) -> dict[str, Any]:
         result = {
@@ -107,6 +112,8 @@ class RunResult:
         }
         if self.debate is not None:
             result["debate"] = self.debate
+        if self.commit is not None:
+            result["commit"] = self.commit
         if include_spec:
             result["resolved"] = self.resolved
         return result
@@ -125,13 +132,27 @@ def workload(requests: int):
     return (kv.put(f"key-{i % WORKLOAD_KEYS}", i.to_bytes(4, "big")) for i in range(requests))
 
 
+def ledger_factory(resource_limits: dict[str, int]) -> Callable[[Committee], Ledger]:
+    """The deliberation ledger of a committee, its commit book with these per-resource
+    limits (the ledger itself always starts with the default limit 1)."""
+    limits = dict(resource_limits)
+
+    def make(committee: Committee) -> Ledger:
+        ledger = Ledger(committee)
+        if limits:
+            ledger.commits = CommitBook(committee, resource_limits=limits)
+        return ledger
+    return make
+
+
 def build_world(scenario: Scenario, *, record_trace: bool = False) -> World:
     """The world of a concrete scenario, Byzantine members installed, nothing scheduled. With
     a debate the application is the deliberation ledger and the genesis roles are the
-    debate's."""
+    debate's (with the commit section's submitters)."""
     network = scenario.network
     replica = scenario.replica
     debate = scenario.debate
+    limits = scenario.commit.resource_limits if scenario.commit is not None else {}
     world = World(
         scenario.n,
         seed=scenario.seed,
@@ -144,8 +165,8 @@ def build_world(scenario: Scenario, *, record_trace: bool = False) -> World:
         clock_skew_ms=scenario.clock.skew_ms,
         clock_drift=scenario.clock.drift,
         record_trace=record_trace,
-        app_for_committee=None if debate is None else Ledger,
-        roles=None if debate is None else debate.member_roles(scenario.n),
+        app_for_committee=None if debate is None else ledger_factory(limits),
+        roles=scenario.genesis_roles(),
     )
     install_byzantine(world, scenario)
     return world
@@ -310,10 +331,17 @@ def run_scenario(spec: Scenario, *, n: int | None = None, seed: int | None = Non
     world = build_world(scenario, record_trace=record_trace)
     watch = schedule(world, scenario)
     harness: DebateHarness | None = None
+    commits: CommitHarness | None = None
     if scenario.debate is not None:
         harness = DebateHarness(world, scenario)
+        if scenario.commit is not None:
+            commits = CommitHarness(world, scenario, harness)
         harness.start()
         done: Callable[[], bool] = harness.is_settled
+        if commits is not None:
+            commits.start()
+            debate_settled, commits_settled = harness.is_settled, commits.is_settled
+            done = lambda: debate_settled() and commits_settled()  # noqa: E731
     else:
         world.start_workload(workload(scenario.workload.requests))
         done = world.workload_done
@@ -331,7 +359,10 @@ def run_scenario(spec: Scenario, *, n: int | None = None, seed: int | None = Non
     oracles.final_checks()
     if harness is not None:
         harness.oracles.final()
-    return _verdict(spec, scenario, world, requests, time.perf_counter() - started, harness)
+    if commits is not None:
+        commits.oracles.final()
+    return _verdict(spec, scenario, world, requests, time.perf_counter() - started, harness,
+                    commits)
 
 
 def converged(world: World) -> bool:
@@ -342,19 +373,23 @@ def converged(world: World) -> bool:
 
 
 def _verdict(spec: Scenario, scenario: Scenario, world: World, requests: int | None,
-             wall_seconds: float, harness: DebateHarness | None = None) -> RunResult:
+             wall_seconds: float, harness: DebateHarness | None = None,
+             commits: CommitHarness | None = None) -> RunResult:
     expect = scenario.expect
     safe = not world.violations
     same = converged(world)
-    completed_all = world.workload_done() if harness is None else harness.settled
+    completed_all = world.workload_done() if harness is None else harness.settled and (
+        commits is None or commits.settled)
     done = completed_all and (same or not expect.convergence)
     if expect.liveness is None:
         liveness = LIVENESS_NOT_CHECKED
     else:
         liveness = LIVENESS_OK if done else LIVENESS_FAILED
     debate = None if harness is None else harness.result()
+    commit = None if commits is None else commits.result()
     ok = (safe == expect.safety and (expect.liveness is None or done == expect.liveness)
-          and (debate is None or debate["expect_met"]))
+          and (debate is None or debate["expect_met"])
+          and (commit is None or commit["expect_met"]))
     traffic = world.traffic
     return RunResult(
         scenario=scenario.name,
@@ -385,4 +420,5 @@ def _verdict(spec: Scenario, scenario: Scenario, world: World, requests: int | N
         resolved=scenario.model_dump(by_alias=True, exclude_none=True),
         trace=world.trace,
         debate=debate,
+        commit=commit,
     )

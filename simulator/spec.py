@@ -85,6 +85,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from bftdeliberate.commit.executor import MAX_BACKOFF_MS, MAX_RESOURCE_LIMIT
+from bftdeliberate.commit.model import MAX_ATTEMPTS_LIMIT
 from bftdeliberate.committee import ROLES
 from bftdeliberate.deliberation.ledger import EXIT_REASONS
 from bftdeliberate.deliberation.ops import (
@@ -111,6 +113,8 @@ from bftdeliberate.deliberation.proposal import (
     MAX_PLAN_STEPS,
     MAX_RISKS,
     MAX_STOP_CONDITIONS,
+    MAX_TARGET_LENGTH,
+    TARGET_PATTERN,
     PlanStep,
     Tag,
 )
@@ -473,6 +477,182 @@ def _fill_member(value: Any, member: int) -> Any:
     return value
 
 
+# ------------------------------------------------------------------- commit section
+
+#: Tasks the opener may put to the committee in a commit scenario (each one commit).
+MAX_COMMIT_TASKS = 8
+#: Simulated shared resources a scenario may name (initial values, limits, expectations).
+MAX_COMMIT_RESOURCES = 64
+#: Longest simulated resource value (a patch id, or an initial value).
+MAX_RESOURCE_VALUE_LENGTH = 256
+#: Highest failure probability of one handler call (timeout + transient together): at 1.0
+#: no call could ever succeed and every commit would end in a rollback.
+MAX_FAULT_PROBABILITY = 0.9
+#: Largest simulated handler latency of one call.
+MAX_HANDLER_LATENCY_MS = 60_000.0
+DEFAULT_HANDLER_LATENCY_MS = (1.0, 10.0)
+#: Injected submitter crashes one fault entry may cause.
+MAX_COMMIT_CRASHES = 8
+#: A member crashed by a commit fault restarts this long after the crash (default).
+DEFAULT_COMMIT_RESTART_AFTER_MS = 10_000.0
+#: Allow-list entries (target patterns, programs) and the length of each.
+MAX_ALLOW_ENTRIES = 64
+MAX_ALLOW_ENTRY_LENGTH = 256
+#: Byzantine submitter behaviours (simulator/commit.py implements them).
+BYZANTINE_SUBMITTERS = ("execute-twice", "unapproved-plan")
+#: How a commit may end (``commit.model.CommitOutcome``).
+COMMIT_OUTCOMES = ("committed", "rolled_back", "failed", "permission_denied", "conflict")
+
+ResourceName = Annotated[str, Field(min_length=1, max_length=MAX_TARGET_LENGTH,
+                                    pattern=TARGET_PATTERN)]
+ResourceValue = Annotated[str, Field(min_length=1, max_length=MAX_RESOURCE_VALUE_LENGTH)]
+AllowEntry = Annotated[str, Field(min_length=1, max_length=MAX_ALLOW_ENTRY_LENGTH,
+                                  pattern=r"^[^\x00-\x1f\x7f]+$")]
+StepIndex = Annotated[int, Field(ge=0, lt=MAX_PLAN_STEPS)]
+
+
+class CommitResource(_Model):
+    """One simulated shared resource (a file, a table) all submitters act on."""
+
+    initial: ResourceValue | None = Field(None, description="its value before any commit "
+                                                            "(null: absent)")
+
+
+class CommitCrash(_Model):
+    """Crash the submitting member right after the handler took effect for ``step`` (applied
+    it, or for ``crash_mid_rollback`` compensated it) and before the answer reaches the
+    member; it restarts ``restart_after_ms`` later (null: it stays down)."""
+
+    step: StepIndex
+    times: int = Field(1, ge=1, le=MAX_COMMIT_CRASHES,
+                       description="crashes at most (each at a fresh effect of the step)")
+    restart_after_ms: float | None = Field(DEFAULT_COMMIT_RESTART_AFTER_MS, gt=0.0,
+                                           le=MAX_TIME_MS)
+    lose_unsynced: bool = Field(True, description="WAL records not yet synced at a commit "
+                                                  "point (attempts) are lost")
+
+
+class CommitFaults(_Model):
+    """Faults of the simulated handlers, drawn from the run's seed per call."""
+
+    timeout_p: float = Field(0.0, ge=0.0, le=MAX_FAULT_PROBABILITY,
+                             description="a call is answered after its step timeout (half "
+                                         "of them: it also takes effect late; the other "
+                                         "half: it takes effect and the answer is lost)")
+    transient_p: float = Field(0.0, ge=0.0, le=MAX_FAULT_PROBABILITY,
+                               description="a call fails 'transient' without effect")
+    permanent_at: list[StepIndex] = Field(
+        default_factory=list, max_length=MAX_PLAN_STEPS,
+        description="steps whose apply always fails 'permanent' (no effect)")
+    latency_ms: tuple[float, float] = Field(
+        DEFAULT_HANDLER_LATENCY_MS, description="uniform handler latency [low, high] per call")
+    crash_submitter_after_effect: CommitCrash | None = None
+    crash_mid_rollback: CommitCrash | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CommitFaults:
+        low, high = self.latency_ms
+        if not 0.0 <= low <= high <= MAX_HANDLER_LATENCY_MS:
+            raise _field_error("latency_ms", f"need 0 <= low <= high <= "
+                                             f"{MAX_HANDLER_LATENCY_MS:g}, got [{low:g}, "
+                                             f"{high:g}]")
+        if self.timeout_p + self.transient_p > MAX_FAULT_PROBABILITY:
+            raise _field_error("transient_p", f"timeout_p + transient_p must be at most "
+                                              f"{MAX_FAULT_PROBABILITY:g} (a call must be able "
+                                              "to succeed)")
+        if len(set(self.permanent_at)) != len(self.permanent_at):
+            raise _field_error("permanent_at", "a step is listed twice")
+        return self
+
+
+class CommitAllow(_Model):
+    """The simulated handlers' allow-list: a step outside it is ``permission_denied`` before
+    anything runs. Targets are ``fnmatch`` patterns (``file:src/*``); a ``test``/``command``
+    step's program (the first word of ``cmd``) must match one of ``commands``."""
+
+    targets: list[AllowEntry] = Field(default_factory=lambda: ["*"],
+                                      max_length=MAX_ALLOW_ENTRIES)
+    commands: list[AllowEntry] = Field(default_factory=lambda: ["*"],
+                                       max_length=MAX_ALLOW_ENTRIES)
+
+
+class CommitRetry(_Model):
+    """The submitters' retry policy (``commit.executor.RetryPolicy``)."""
+
+    max_attempts: int = Field(3, ge=1, le=MAX_ATTEMPTS_LIMIT)
+    base_backoff_ms: int = Field(100, ge=0, le=MAX_BACKOFF_MS)
+    max_backoff_ms: int = Field(2_000, ge=0, le=MAX_BACKOFF_MS)
+    jitter: Literal["full", "equal"] = "full"
+
+    @model_validator(mode="after")
+    def _bounds(self) -> CommitRetry:
+        if self.base_backoff_ms > self.max_backoff_ms:
+            raise _field_error("base_backoff_ms", f"above max_backoff_ms "
+                                                  f"({self.max_backoff_ms})")
+        return self
+
+
+class ByzantineSubmitter(_Model):
+    """A member whose submitter is Byzantine (it counts against f). ``execute-twice``: it
+    applies every step twice under the same key and orders a second, different result;
+    ``unapproved-plan``: it orders a commit intent for a task that is not approved and calls
+    the resources for a plan no ordered intent contains. Otherwise it does its duty."""
+
+    member: MemberRef = 0
+    behaviours: list[Literal["execute-twice", "unapproved-plan"]] = Field(
+        min_length=1, max_length=len(BYZANTINE_SUBMITTERS))
+
+
+class CommitExpect(_Model):
+    """Checked at the end against an honest replica's ledger and the resources (null: not
+    checked). Duplicate effects are always checked (the commit oracles: none, ever)."""
+
+    commits: int | None = Field(None, ge=0, le=MAX_COMMIT_TASKS,
+                                description="commits that have their result")
+    result: Literal["committed", "rolled_back", "failed", "permission_denied",
+                    "conflict"] | None = Field(None, description="how every commit ended")
+    effects_applied: int | None = Field(
+        None, ge=0, description="idempotency keys whose effect took place (read/test steps "
+                                "count once)")
+    effects_in_place: int | None = Field(None, ge=0,
+                                         description="... and are not compensated at the end")
+    takeover: bool | None = Field(None, description="a later primary took over a commit")
+    min_conflicts: int = Field(0, ge=0, description="commits that waited for a resource")
+    min_refusals: int = Field(0, ge=0, description="calls the resources refused for want of "
+                                                   "an ordered, granted intent")
+    min_retries: int = Field(0, ge=0)
+    rejected: list[str] = Field(default_factory=list,
+                                description="ledger rejection reasons that must each occur")
+    resources: dict[ResourceName, ResourceValue | None] = Field(
+        default_factory=dict, max_length=MAX_COMMIT_RESOURCES,
+        description="final values of these resources (null: absent)")
+
+
+class CommitSpec(_Model):
+    """The commit layer executes the debate's approved plan (simulator/commit.py)."""
+
+    tasks: int = Field(1, ge=1, le=MAX_COMMIT_TASKS,
+                       description="tasks the opener opens (the same question numbered); "
+                                   "each approved one is one commit")
+    submitters: Literal["all"] | list[MemberRef] = Field(
+        "all", description="members with the genesis 'submit' role (others lose it)")
+    resources: dict[ResourceName, CommitResource] = Field(
+        default_factory=dict, max_length=MAX_COMMIT_RESOURCES)
+    resource_limits: dict[ResourceName, int] = Field(
+        default_factory=dict, max_length=MAX_COMMIT_RESOURCES,
+        description="commits one resource may serve at once (default 1)")
+    faults: CommitFaults = CommitFaults()
+    allow: CommitAllow = CommitAllow()
+    retry: CommitRetry = CommitRetry()
+    byzantine_submitter: ByzantineSubmitter | None = None
+    expect: CommitExpect = CommitExpect()
+
+    def submitter_members(self, n: int) -> list[int]:
+        if self.submitters == "all":
+            return list(range(n))
+        return sorted({member % n for member in self.submitters})
+
+
 class Scenario(_Model):
     """Scenario spec v1."""
 
@@ -500,6 +680,9 @@ class Scenario(_Model):
     debate: DebateSpec | None = Field(
         None, description="a deliberation task on the ledger instead of the key-value "
                           "workload (absent: the workload)")
+    commit: CommitSpec | None = Field(
+        None, description="with a debate: the commit layer executes the approved plan on "
+                          "simulated resources (absent: no commits)")
 
     @model_validator(mode="after")
     def _consistent(self) -> Scenario:
@@ -519,7 +702,23 @@ class Scenario(_Model):
         """Members that count against f: Byzantine members and members whose debater is
         Byzantine."""
         debaters = self.debate.byzantine_members(self.n) if self.debate is not None else []
-        return sorted(set(self.byzantine_members) | set(debaters))
+        submitter = self.commit.byzantine_submitter if self.commit is not None else None
+        extra = [submitter.member % self.n] if submitter is not None and (
+            -self.n <= submitter.member < self.n) else []
+        return sorted(set(self.byzantine_members) | set(debaters) | set(extra))
+
+    def genesis_roles(self) -> dict[int, tuple[str, ...]] | None:
+        """Every member's genesis roles with a debate (its roles, and the commit section's
+        submitters holding 'submit'); None without a debate (the default committee)."""
+        if self.debate is None:
+            return None
+        roles = self.debate.member_roles(self.n)
+        if self.commit is not None:
+            submitters = set(self.commit.submitter_members(self.n))
+            roles = {member: tuple(sorted((set(have) - {"submit"})
+                                          | ({"submit"} if member in submitters else set())))
+                     for member, have in roles.items()}
+        return roles
 
     def with_overrides(self, *, n: int | None = None, seed: int | None = None,
                        requests: int | None = None) -> Scenario:
@@ -832,10 +1031,65 @@ def _check_debate(scenario: Scenario) -> None:
     faulty = scenario.faulty_members
     if scenario.expect.safety and len(faulty) > f:
         raise _field_error("expect.safety", f"true is not promised with {len(faulty)} faulty "
-                                            f"members (Byzantine or with a Byzantine debater: "
-                                            f"{', '.join(map(str, faulty))}) at n={n} (f={f}); "
-                                            "a negative control says false")
+                                            f"members (Byzantine, or with a Byzantine debater "
+                                            f"or submitter: {', '.join(map(str, faulty))}) at "
+                                            f"n={n} (f={f}); a negative control says false")
 
+
+def _check_commit(scenario: Scenario) -> None:
+    commit = scenario.commit
+    assert commit is not None
+    if scenario.debate is None:
+        raise _field_error("commit", "needs a debate section: the commit layer executes the "
+                                     "debate's approved plan")
+    n = scenario.n
+    if commit.submitters != "all":
+        if not commit.submitters:
+            raise _field_error("commit.submitters", "name at least one member (or \"all\")")
+        seen: set[int] = set()
+        for index, ref in enumerate(commit.submitters):
+            member = _member_ref(f"commit.submitters.{index}", ref, n)
+            if member in seen:
+                raise _field_error(f"commit.submitters.{index}", f"member {member} is listed "
+                                                                 "twice")
+            seen.add(member)
+    submitters = commit.submitter_members(n)
+    # The single submitter is the primary of the current view: without member 0 (primary of
+    # view 0) no commit would start until some view change.
+    if 0 not in submitters:
+        raise _field_error("commit.submitters", "must include member 0, the primary of view 0 "
+                                                "(the single submitter is the primary)")
+    for resource, limit in commit.resource_limits.items():
+        if not 1 <= limit <= MAX_RESOURCE_LIMIT:
+            raise _field_error(f"commit.resource_limits.{resource}",
+                               f"a limit is in 1..{MAX_RESOURCE_LIMIT}, got {limit}")
+    faults = commit.faults
+    for name in ("crash_submitter_after_effect", "crash_mid_rollback"):
+        crash = getattr(faults, name)
+        if crash is not None and crash.restart_after_ms is not None and (
+                crash.restart_after_ms > scenario.max_time_ms):
+            raise _field_error(f"commit.faults.{name}.restart_after_ms",
+                               f"after max_time_ms ({crash.restart_after_ms:g} > "
+                               f"{scenario.max_time_ms:g})")
+    byzantine = commit.byzantine_submitter
+    if byzantine is not None:
+        member = _member_ref("commit.byzantine_submitter.member", byzantine.member, n)
+        if member not in submitters:
+            raise _field_error("commit.byzantine_submitter.member",
+                               f"member {member} is not a submitter")
+        if len(set(byzantine.behaviours)) != len(byzantine.behaviours):
+            raise _field_error("commit.byzantine_submitter.behaviours", "a behaviour is "
+                                                                        "listed twice")
+    expect = commit.expect
+    for index, reason in enumerate(expect.rejected):
+        if reason not in REJECTION_REASONS:
+            raise _field_error(f"commit.expect.rejected.{index}",
+                               f"unknown rejection reason {reason!r} (known: "
+                               f"{', '.join(REJECTION_REASONS)})")
+    if expect.commits is not None and expect.commits > commit.tasks:
+        raise _field_error("commit.expect.commits", f"{expect.commits} commits from "
+                                                    f"{commit.tasks} tasks")
+    # The faulty-member count (with a Byzantine submitter) is checked with the debate.
 
 def _check_scenario(scenario: Scenario) -> None:
     if scenario.gst_ms > scenario.max_time_ms:
@@ -854,6 +1108,8 @@ def _check_scenario(scenario: Scenario) -> None:
     _check_events(scenario)
     if scenario.debate is not None:
         _check_debate(scenario)
+    if scenario.commit is not None:
+        _check_commit(scenario)
 
 
 def _one_line(error: ValidationError) -> str:

@@ -41,13 +41,45 @@ def test_demo_json_shows_a_debate_decided_and_the_byzantine_vote_contained(capsy
     proposal = Proposal.model_validate_json(json.dumps(report["proposal"]))
     assert proposal.decision.result == "approved" and proposal.plan
     assert report["honest_members_agree"] and report["transport"] == "tcp 127.0.0.1"
+    # The commit layer applied the plan exactly once in the sandbox, through one injected
+    # transient failure and a crash of the first submitter that the next primary completed.
+    commit = report["commit"]
+    assert commit["result"] == "committed" and commit["members_agree"]
+    assert report["duplicate_commits"] == 0
+    assert report["effects_applied"] == len(proposal.plan) == len(commit["steps"])
+    assert [s["submitter"] for s in commit["submitters"]] == ["agent-0", "agent-1"]
+    assert [f["fault"] for f in commit["injected"]] == ["transient", "submitter_crash"]
+    assert commit["after"]["files"]["deploy/api.yaml"].startswith("image: registry.local/api:2.2")
+    assert commit["before"]["kv"]["releases/api"] is None
+    assert commit["after"]["kv"]["releases/api"] == "2.2"
+    record = commit["record"]
+    assert record["commit_id"] == commit["commit_id"] and record["result"] == "committed"
+    assert any(a["retry_reason"] == "transient" for a in record["attempts"])
+    assert {s["signer"] for s in record["signatures"]} == {"agent-0", "agent-1"}
+    assert report["audit"]["attribution"]["submitters"] == ["agent-0", "agent-1"]
     assert report["seconds"] < 30
+
+
+def test_demo_keeps_its_sandbox_and_logs_in_dir(tmp_path, capsys):
+    code, out, err = run(capsys, "demo", "--json", "--dir", str(tmp_path / "demo"))
+    assert code == 0, err
+    report = json.loads(out)
+    sandbox = tmp_path / "demo" / "sandbox"
+    assert report["commit"]["sandbox"] == str(sandbox)
+    assert (sandbox / "deploy" / "api.yaml").read_text().startswith("image: registry.local/api:2.2")
+    logs = [str(p) for p in sorted((tmp_path / "demo").glob("data-*/audit.jsonl"))]
+    code, out, _ = run(capsys, "audit", "report", *logs, "--json")
+    assert code == 0 and json.loads(out)["duplicate_commits"] == 0
+    code, _, err = run(capsys, "demo", "--dir", str(tmp_path / "demo"))
+    assert code == 2 and "not empty" in err
 
 
 def test_demo_renders_for_people(capsys):
     code, out, _ = run(capsys, "demo")
     assert code == 0
     assert "decision: APPROVED" in out and "duplicate_vote" in out and "proposal.json" in out
+    assert "committed by agent-0 (view 0) -> agent-1 (view 1)" in out
+    assert "duplicate commits: 0" in out
 
 
 def test_keys_init_then_check(tmp_path, capsys):

@@ -68,15 +68,20 @@ def test_in_doubt_lists_intents_without_a_result(tmp_path, genesis):
     assert report.ok and report.in_doubt == ("c-3",)
 
 
-def test_attempts_are_buffered_until_a_commit_point(tmp_path, genesis):
+def test_attempts_are_written_at_once_and_fsynced_at_the_next_commit_point(
+        tmp_path, genesis, monkeypatch):
     path = tmp_path / "commit.wal"
     wal = open_wal(path, genesis)
+    fsyncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (fsyncs.append(fd), real_fsync(fd))[1])
     wal.intent("c-1", view=0)
-    size = os.path.getsize(path)
+    assert fsyncs  # the intent is a commit point
+    size, fsyncs[:] = os.path.getsize(path), []
     wal.attempt("c-1", step=0, attempt=1)
-    assert os.path.getsize(path) == size  # not yet written
-    wal.sync()
-    assert os.path.getsize(path) > size
+    assert os.path.getsize(path) > size and not fsyncs  # in the file (a kill keeps it)
+    wal.result("c-1", result="committed")
+    assert fsyncs  # ... durable with the result
     wal.close()
 
 

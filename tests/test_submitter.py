@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 
-from test_ledger import Debate, approved_task
+from test_ledger import START_MS, Debate, approved_task
 
 from bftdeliberate.commit.executor import Compensate, QueryApplied, RunStep
 from bftdeliberate.commit.handlers.base import denied
@@ -21,9 +21,9 @@ from bftdeliberate.commit.submitter import (
     wal_progress,
 )
 from bftdeliberate.commit.types import StepOutcome
-from bftdeliberate.deliberation.ops import CommitDone, CommitIntent
+from bftdeliberate.deliberation.ops import CommitDone, CommitIntent, Tick
 
-NOW = 2_000_000
+NOW = START_MS + 1_000  # the debates below run at agreed time START_MS
 OK = StepOutcome(ok=True)
 PLAN = ({"step": "read", "target": "file:src/foo.ts"},
         {"step": "patch", "target": "file:src/foo.ts", "patch_id": "patch-abc"},
@@ -221,3 +221,20 @@ def test_a_failed_step_rolls_back_the_completed_ones_in_reverse_order():
         ("rolled_back", "compensated", (1, 0))
     assert isinstance(effects[-1], OrderOp)
     assert isinstance(effects[0], BeginCommit)
+
+
+def test_a_stalled_commit_gets_watchdog_ticks_so_a_dead_submitter_is_voted_out():
+    debate = Debate()
+    approved_task(debate, PLAN)
+    primary = submitter("agent-0", stall_ms=1_000)
+    order(debate, "agent-0", primary.poll(debate.ledger, 0, NOW)[0])
+    primary.poll(debate.ledger, 0, NOW)  # executing: the primary does not watch itself
+    at = debate.ledger.commits.status(debate.ledger.commits.in_doubt()[0])["intents"][0]
+    watcher = submitter("agent-2", stall_ms=1_000)
+    assert watcher.poll(debate.ledger, 0, at["at_ms"] + 999) == []
+    assert watcher.next_deadline_ms() == at["at_ms"] + 1_000
+    tick = watcher.poll(debate.ledger, 0, at["at_ms"] + 1_000)
+    assert [e.op for e in tick] == [Tick()] and watcher.stats["watchdog_ticks"] == 1
+    watcher.op_settled(tick[0].key, ordered=False)
+    assert watcher.poll(debate.ledger, 0, at["at_ms"] + 1_500) == []  # not before stall_ms
+    assert [e.op for e in watcher.poll(debate.ledger, 0, at["at_ms"] + 2_000)] == [Tick()]

@@ -32,11 +32,18 @@ from typing import Any
 import trio
 from pydantic import BaseModel
 
-from bftdeliberate.audit.events import AuditLog, attempt_event, intent_event, result_events
+from bftdeliberate.audit.events import (
+    AuditLog,
+    attempt_event,
+    discussion_events,
+    intent_event,
+    result_events,
+)
 from bftdeliberate.commit.executor import QueryApplied, RetryPolicy, RunStep
 from bftdeliberate.commit.handlers.base import HandlerRegistry
 from bftdeliberate.commit.model import AuditEvent
 from bftdeliberate.commit.submitter import (
+    DEFAULT_STALL_MS,
     BeginCommit,
     CallHandler,
     EndCommit,
@@ -88,8 +95,8 @@ class SubmitterLoop:
     def __init__(self, ledger: Ledger, name: str, *, registry: HandlerRegistry,
                  view: Callable[[], int], wal: CommitWal | None = None,
                  audit: AuditLog | None = None, policy: RetryPolicy | None = None,
-                 clock: Callable[[], float] = time.time, rng: random.Random | None = None
-                 ) -> None:
+                 clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 stall_ms: int | None = None) -> None:
         self.ledger = ledger
         self.name = name
         self.registry = registry
@@ -99,7 +106,8 @@ class SubmitterLoop:
         self._view = view
         known = None if wal is None else (lambda cid: wal_progress(wal.records(), cid))
         self.core = Submitter(name, rng=rng or random.Random(os.urandom(16)), policy=policy,
-                              check=registry.check, known_progress=known)
+                              check=registry.check, known_progress=known,
+                              stall_ms=stall_ms or DEFAULT_STALL_MS)
         self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._order: Order | None = None
@@ -176,6 +184,11 @@ class SubmitterLoop:
                 intent = effect.intent
                 if self.wal is not None:
                     self.wal.intent(intent.commit_id, **_without_id(intent.to_data()))
+                if not effect.resumed:
+                    # The attribution chain (opener, proposer, signed votes, auditors) goes
+                    # into the first submitter's log with its intent; a takeover adds none.
+                    for event in discussion_events(self.ledger.task_status(intent.task_id)):
+                        self._audit(event)
                 self._audit(intent_event(intent, agent_id=self.name, ts=self._now_ms()))
                 log_event(logger, "info", "commit started", member=self.name,
                           commit=intent.commit_id[:16], task=intent.task_id,

@@ -43,8 +43,10 @@ from pydantic import ValidationError
 
 from bftdeliberate.commit.model import (
     AuditEvent,
+    CommitRecord,
     CommitResult,
     ExecutionIntent,
+    RecordSignature,
     Rollback,
     StepAttempt,
 )
@@ -398,6 +400,28 @@ def commit_events(records: Iterable[WalRecord], *,
             events += result_events(intent, result, agent_id=name(record.signer), ts=ts,
                                     rollback=not commit.rollbacks)
     return events
+
+
+def commit_record(records: Iterable[WalRecord], commit_id: str, *,
+                  member_name: Callable[[int], str] | None = None,
+                  source: str = "WAL") -> CommitRecord | None:
+    """``commit_record.json`` of ``commit_id`` from WAL records -- of one member's WAL, or of
+    several (a takeover: the record then lists every submitter's attempts, and the latest
+    intent's submitter and view); None when no record names the commit."""
+    name = member_name or (lambda signer: f"member-{signer}")
+    commit = parse_wal_records([r for r in records if r.commit_id == commit_id],
+                               source=source).get(commit_id)
+    if commit is None:
+        return None
+    signatures = tuple(RecordSignature(signer=name(record.signer), record=record.type,
+                                       signature=record.signature.hex())
+                       for record, _ in (*commit.intents, *commit.attempts, *commit.results))
+    result = commit.results[-1][1] if commit.results else None
+    record = CommitRecord.build(commit.intents[-1][1], [a for _, a in commit.attempts], result,
+                                signatures)
+    if result is None and commit.rollbacks:  # crashed mid-rollback: show how far it got
+        record = record.model_copy(update={"rollback": commit.rollbacks[-1][1]})
+    return record
 
 
 def load_wal(path: str | os.PathLike[str],

@@ -33,6 +33,11 @@ Rules:
   abandoned: no further call is issued for it (its result would be refused anyway).
 * The result is ordered until the ledger holds a result for the commit (sent again after a
   call that was not ordered).
+* Watchdog: every member watches granted commits without a result. When the latest intent
+  is older than ``stall_ms`` (agreed intent time against this member's clock) and the
+  commit is not this member's to run, it orders a ``tick``, again every ``stall_ms``. A
+  crashed submitter leaves no request behind to time out; the tick is one, so a dead
+  primary is voted out by the view change and the next primary takes the commit over.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from bftdeliberate.commit.executor import (
 )
 from bftdeliberate.commit.model import CommitResult, ExecutionIntent, StepAttempt
 from bftdeliberate.commit.types import StepCall, StepOutcome
-from bftdeliberate.deliberation.ops import CommitDone, CommitIntent
+from bftdeliberate.deliberation.ops import CommitDone, CommitIntent, Tick
 
 if TYPE_CHECKING:
     from bftdeliberate.deliberation.ledger import Ledger
@@ -69,6 +74,8 @@ __all__ = [
 MAX_RUNNING_COMMITS = 16
 #: Finished commits whose result the submitter keeps until the ledger holds it.
 MAX_PENDING_RESULTS = 1024
+#: A granted commit without a result for this long gets a watchdog tick (see above).
+DEFAULT_STALL_MS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +83,7 @@ class OrderOp:
     """Order ``op`` through PBFT; report with ``op_settled(key, ordered)``."""
 
     key: tuple[str, str]
-    op: CommitIntent | CommitDone
+    op: CommitIntent | CommitDone | Tick
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,8 +144,14 @@ class Submitter:
     def __init__(self, member: str, *, rng: random.Random, policy: RetryPolicy | None = None,
                  check: Callable[[StepCall], StepOutcome | None] | None = None,
                  known_progress: Callable[[str], dict[int, bool] | None] | None = None,
-                 max_running: int = MAX_RUNNING_COMMITS) -> None:
+                 max_running: int = MAX_RUNNING_COMMITS,
+                 stall_ms: int = DEFAULT_STALL_MS) -> None:
+        if stall_ms < 1:
+            raise ValueError("stall_ms must be >= 1")
         self.member = member
+        self.stall_ms = stall_ms
+        #: Watched commits: the local time of the next watchdog tick.
+        self._watch: dict[str, int] = {}
         self.policy = policy or RetryPolicy()
         self._rng = rng
         self._check = check
@@ -184,6 +197,26 @@ class Submitter:
             elif (subject not in self._running and subject not in self._results
                   and len(self._running) < self._max_running):
                 effects += self._begin(book.status(subject), view, now_ms)
+        effects += self._watchdog(ledger, now_ms)
+        return effects
+
+    def _watchdog(self, ledger: Ledger, now_ms: int) -> list[SubmitterEffect]:
+        book = ledger.commits
+        watched: dict[str, int] = {}
+        effects: list[SubmitterEffect] = []
+        for commit_id in book.in_doubt():
+            status = book.status(commit_id)
+            if status["grant"] != "granted" or commit_id in self._running \
+                    or commit_id in self._results:
+                continue
+            due = self._watch.get(commit_id, status["intents"][-1]["at_ms"] + self.stall_ms)
+            key = ("watch", commit_id)
+            if now_ms >= due and key not in self._pending_ops:
+                self.stats["watchdog_ticks"] += 1
+                effects.append(self._order(key, Tick()))
+                due = now_ms + self.stall_ms
+            watched[commit_id] = due
+        self._watch = watched
         return effects
 
     def op_settled(self, key: tuple[str, str], ordered: bool) -> None:
@@ -212,9 +245,11 @@ class Submitter:
         return effects
 
     def next_deadline_ms(self) -> int | None:
+        """When :meth:`handle_timer` (a handler call's timeout or retry) or :meth:`poll` (a
+        watchdog tick) next has something to do, or ``None``."""
         deadlines = [d for e in self._running.values()
                      if (d := e.next_deadline_ms()) is not None]
-        return min(deadlines, default=None)
+        return min([*deadlines, *self._watch.values()], default=None)
 
     def settled(self, ledger: Ledger) -> bool:
         """Nothing executing or being ordered, and every result this member produced is held

@@ -133,6 +133,10 @@ class CommitWal:
         self._records.append(record)
         if sync:
             self.sync()
+        else:
+            # Written to the OS at once (a killed process keeps it), fsynced at the next
+            # commit point (what survives a power loss).
+            self._log.write_buffered()
         return record
 
     def intent(self, commit_id: str, **fields: Any) -> WalRecord:
@@ -140,7 +144,7 @@ class CommitWal:
         return self.append("intent", commit_id, fields, sync=True)
 
     def attempt(self, commit_id: str, **fields: Any) -> WalRecord:
-        """One attempt of a step; buffered (durable at the next commit point)."""
+        """One attempt of a step; written at once, durable at the next commit point."""
         return self.append("attempt", commit_id, fields)
 
     def result(self, commit_id: str, **fields: Any) -> WalRecord:

@@ -671,34 +671,34 @@ class Replica:
     def _advance(self, seq: int, now: float) -> list[Effect]:
         slot = self._log[seq]
         effects: list[Effect] = []
-        if slot.pre_prepare is not None and not slot.prepared:
-            if self._matching(slot.prepares, slot.digest) >= 2 * self._f:
-                slot.prepared = True
-                proof = PreparedProof(slot.view, seq, slot.digest, slot.pre_prepare, tuple(
-                    vote for vote in slot.prepares.values()
-                    if vote.message.digest == slot.digest))  # type: ignore[union-attr]
-                self._prepared_certs[seq] = proof
-                own = slot.commits.get(self.id)
-                if own is not None:
-                    effects.append(Broadcast(own))  # signed before a restart
-                elif self._may_sign(seq):
-                    commit = self._sign(
-                        Commit(view=self.view, seq=seq, digest=slot.digest, replica=self.id)
-                    )
-                    slot.commits[self.id] = commit
-                    # The certificate goes to disk with the commit: a restarted replica
-                    # still reports what it prepared in its next VIEW-CHANGE.
-                    effects += [Persist("commit", commit, proof.envelopes_signed()),
-                                Broadcast(commit)]
-        if slot.prepared and not slot.committed:
-            if self._matching(slot.commits, slot.digest) >= 2 * self._f + 1:
-                slot.committed = True
-                self._recommitting.discard(seq)
-                effects += self._execute_ready(now)
-                if seq in self._awaiting_commit:
-                    self._awaiting_commit.discard(seq)
-                    if self._queue and self.is_primary:
-                        effects += self._propose_ready(now, flush=True)
+        if (slot.pre_prepare is not None and not slot.prepared
+                and self._matching(slot.prepares, slot.digest) >= 2 * self._f):
+            slot.prepared = True
+            proof = PreparedProof(slot.view, seq, slot.digest, slot.pre_prepare, tuple(
+                vote for vote in slot.prepares.values()
+                if vote.message.digest == slot.digest))  # type: ignore[union-attr]
+            self._prepared_certs[seq] = proof
+            own = slot.commits.get(self.id)
+            if own is not None:
+                effects.append(Broadcast(own))  # signed before a restart
+            elif self._may_sign(seq):
+                commit = self._sign(
+                    Commit(view=self.view, seq=seq, digest=slot.digest, replica=self.id)
+                )
+                slot.commits[self.id] = commit
+                # The certificate goes to disk with the commit: a restarted replica
+                # still reports what it prepared in its next VIEW-CHANGE.
+                effects += [Persist("commit", commit, proof.envelopes_signed()),
+                            Broadcast(commit)]
+        if (slot.prepared and not slot.committed
+                and self._matching(slot.commits, slot.digest) >= 2 * self._f + 1):
+            slot.committed = True
+            self._recommitting.discard(seq)
+            effects += self._execute_ready(now)
+            if seq in self._awaiting_commit:
+                self._awaiting_commit.discard(seq)
+                if self._queue and self.is_primary:
+                    effects += self._propose_ready(now, flush=True)
         return effects
 
     @staticmethod
