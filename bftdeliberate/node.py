@@ -366,7 +366,8 @@ def node_run(*, member: int, committee_path: Path, key_path: Path, data_dir: Pat
                                   "address": f"{peer.host}:{peer.port}",
                                   "metrics_port": peer.metrics_port,
                                   "data_dir": str(data_dir), "app": agent.resolved_app,
-                                  "debater": agent.debater}), flush=True)
+                                  "debater": agent.debater,
+                                  "commits": submitter is not None}), flush=True)
                 async for signum in signals:
                     log_event(logger, "info", "stopping", signal=signal.Signals(signum).name,
                               view=peer.replica.view, seq=peer.replica.last_executed)

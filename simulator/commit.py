@@ -116,6 +116,9 @@ UNAPPROVED_PATCH = "patch-unapproved"
 UNAPPROVED_TARGET = "file:unapproved.txt"
 #: Members' WAL records kept (an in-memory WAL; a run writes a few dozen).
 MAX_WAL_RECORDS = 100_000
+#: Request kinds the drivers queue behind their agents (commit operations, watchdog ticks, a
+#: Byzantine submitter's extra operations); settling waits until none is left.
+COMMIT_REQUEST_KINDS = frozenset({"commit", "commit-watch", "byzantine-commit"})
 
 ORACLE_EXACTLY_ONCE = "commit-exactly-once"
 ORACLE_AUTHORISED = "commit-authorised"
@@ -894,6 +897,7 @@ class CommitHarness:
         self.pending_restarts = 0
         self.fault_crashes = 0
         self._ledgers_settled = False
+        self._settled = False
         self.store = ResourceStore(self)
         self.wals = {member: SimWal() for member in range(n)}
         self.oracles = CommitOracles(self)
@@ -1023,9 +1027,16 @@ class CommitHarness:
 
     @property
     def settled(self) -> bool:
-        """Every honest replica that is up holds every commit's result, the store has no call
-        left, and every member a commit fault crashed has restarted."""
-        return self._ledgers_settled and self.store.idle and not self.pending_restarts
+        """Once true, stays true (later work -- a restarted member resuming on a stale ledger
+        during the convergence phase -- is the oracles' business): every honest replica that
+        is up holds every commit's result, the store has no call left, no member that is up
+        has a commit request left, and every member a commit fault crashed has restarted."""
+        if not self._settled:
+            self._settled = (
+                self._ledgers_settled and self.store.idle and not self.pending_restarts
+                and not any(driver.up and driver.agent.pending(COMMIT_REQUEST_KINDS)
+                            for driver in self.drivers.values()))
+        return self._settled
 
     def is_settled(self) -> bool:
         return self.settled

@@ -381,6 +381,11 @@ class AgentDriver:
         """Nothing outstanding, queued or being thought about."""
         return self.outstanding is None and not self.queue and not self.thinking
 
+    def pending(self, kinds: frozenset[str]) -> bool:
+        """A request of one of ``kinds`` is outstanding or queued."""
+        return (self.outstanding is not None and self.outstanding.kind in kinds) or any(
+            queued.kind in kinds for queued in self.queue)
+
     def pump(self) -> None:
         if self.outstanding is not None or not self.queue:
             return

@@ -242,6 +242,13 @@ async def test_task_commands_say_when_the_committee_runs_the_kv_app(keystore, ca
     (["--debater", "scripted", "--plan", "absent-proposal.json"], "absent-proposal.json"),
     (["--model", "m"], "--debater llm"),
     (["--debater", "psychic"], "--debater"),
+    (["--app", "kv", "--sandbox", "."], "need --app ledger"),
+    (["--app", "ledger", "--sandbox", "no-such-dir"], "no-such-dir: not a directory"),
+    (["--app", "ledger", "--kv-db", "x.db"], "--kv-table"),
+    (["--app", "ledger", "--kv-table", "flags"], "need --sandbox or --kv-db"),
+    (["--app", "ledger", "--kv-db", "x.db", "--allow-command", "make", "--kv-table", "t"],
+     "--allow-command needs --sandbox"),
+    (["--app", "ledger", "--sandbox", ".", "--patches", "no-such-patches"], "no-such-patches"),
 ])
 def test_node_run_and_cluster_up_refuse_bad_agent_options_before_writing(
         keystore, tmp_path, capsys, extra, expected):

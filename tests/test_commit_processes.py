@@ -144,3 +144,31 @@ async def test_kill9_of_the_submitter_between_effect_and_result_next_primary_com
         await _wait_up(nodes[0])
     assert wal_path.read_bytes() == intact
     assert "truncated" in nodes[0].log() or wal_path.read_bytes() == intact
+
+
+def test_a_node_refuses_a_damaged_commit_wal_with_its_offset_and_changes_nothing(tmp_path):
+    from bftdeliberate.commit.wal import CommitWal
+    from bftdeliberate.committee import load_committee
+    from bftdeliberate.crypto import load_private_key
+
+    subprocess.run([*bftd_argv(), "keys", "init", "--n", "4", "--dir", str(tmp_path),
+                    "--clients", "1", "--base-port", str(free_port_range(4))], check=True,
+                   capture_output=True)
+    committee = load_committee(tmp_path / "committee.json")
+    wal_path = tmp_path / "data-0" / WAL_FILE_NAME
+    wal_path.parent.mkdir()
+    with CommitWal.open(wal_path, committee_digest=committee.digest, signer=0,
+                        key=load_private_key(tmp_path / "agent-0.key")) as wal:
+        wal.intent("c-1", view=0)
+        wal.result("c-1", result="committed")
+    damaged = bytearray(wal_path.read_bytes())
+    damaged[100] ^= 0xFF  # inside the first record: valid records follow
+    wal_path.write_bytes(bytes(damaged))
+    (tmp_path / "sandbox").mkdir()
+    done = bftd("node", "run", "--id", "0", "--committee", str(tmp_path / "committee.json"),
+                "--key", str(tmp_path / "agent-0.key"), "--data", str(tmp_path / "data-0"),
+                "--app", "ledger", "--sandbox", str(tmp_path / "sandbox"))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "damaged at offset" in lines[0] and str(wal_path) in lines[0]
+    assert wal_path.read_bytes() == bytes(damaged)  # nothing overwritten

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sqlite3
 
+import pytest
 import trio
 from conftest import make_genesis
 
@@ -100,10 +101,18 @@ async def test_the_primary_commits_the_approved_plan_once_and_every_member_agree
         assert not any(counts.values())
 
 
-async def test_a_plan_with_a_step_outside_the_allow_list_executes_nothing(tmp_path):
+@pytest.mark.parametrize(("refused", "code"), [
+    ({"step": "command", "cmd": "rm -rf deploy", "target": "file:deploy"}, "permission_denied"),
+    ({"step": "patch", "target": "file:../outside.txt", "patch_id": "flag-off"},
+     "permission_denied"),
+    ({"step": "patch", "target": "kv:users/admin", "patch_id": "flag-off"},
+     "permission_denied"),
+    ({"step": "patch", "target": "s3:bucket/key", "patch_id": "flag-off"}, "invalid_step"),
+], ids=["command-not-allowed", "sandbox-escape", "kv-table-not-allowed", "no-handler"])
+async def test_a_plan_with_a_step_outside_the_allow_list_executes_nothing(tmp_path, refused,
+                                                                          code):
     sandbox, database, registry = resources(tmp_path)
-    plan = (PLAN[1], {"step": "command", "cmd": "rm -rf deploy", "target": "file:deploy"},
-            PLAN[2])
+    plan = (PLAN[1], refused, PLAN[2])
     with trio.fail_after(LIMIT):
         async with open_local_committee(GENESIS.committee, GENESIS.member_keys,
                                         debaters(plan), data_root=tmp_path / "data",
@@ -113,11 +122,14 @@ async def test_a_plan_with_a_step_outside_the_allow_list_executes_nothing(tmp_pa
             status = ledger.commits.status(ledger.commits.commit_of(task_id))
     result = status["result"]
     assert result["result"] == "permission_denied"
-    assert result["failed_step"] == 1 and result["error_code"] == "permission_denied"
+    assert result["failed_step"] == 1 and result["error_code"] == code
     assert [s["status"] for s in result["steps"]] == ["not_run", "failed", "not_run"]
     assert (sandbox / "deploy" / "api.yaml").read_bytes() == b"image: api:2.3\n"
     assert kv_value(database, "new_pool") is None
-    assert (sandbox / "deploy").is_dir()
+    assert (sandbox / "deploy").is_dir() and not (tmp_path / "outside.txt").exists()
+    events = read_audit_log(tmp_path / "data" / "data-0" / AUDIT_FILE_NAME).events
+    assert [e.result for e in events if e.layer == "commit"] == [
+        "intent", "denied", "permission_denied"]
 
 
 class FlakyFileHandler(FileHandler):

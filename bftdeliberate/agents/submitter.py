@@ -112,6 +112,12 @@ class SubmitterLoop:
         self._nursery: trio.Nursery | None = None
         self._order: Order | None = None
         self._failpoint = _after_effect_failpoint()
+        if wal is not None and (wal.recovered_truncated_bytes or wal.in_doubt()):
+            # Recovery: a torn tail was cut off; in-doubt intents are resumed by whoever is
+            # the submitter (this member, if it still is: from what its WAL shows).
+            log_event(logger, "warning", "commit WAL recovered", member=name,
+                      truncated_bytes=wal.recovered_truncated_bytes,
+                      in_doubt=[r.commit_id[:16] for r in wal.in_doubt()])
         #: Handler calls that raised (a handler bug or an OS error), by exception type.
         self.handler_errors: dict[str, int] = {}
 
