@@ -115,7 +115,7 @@ class SubmitterLoop:
         if wal is not None and (wal.recovered_truncated_bytes or wal.in_doubt()):
             # Recovery: a torn tail was cut off; in-doubt intents are resumed by whoever is
             # the submitter (this member, if it still is: from what its WAL shows).
-            log_event(logger, "warning", "commit WAL recovered", member=name,
+            log_event(logger, "warning", "commit WAL recovered", agent=name,
                       truncated_bytes=wal.recovered_truncated_bytes,
                       in_doubt=[r.commit_id[:16] for r in wal.in_doubt()])
         #: Handler calls that raised (a handler bug or an OS error), by exception type.
@@ -196,7 +196,7 @@ class SubmitterLoop:
                     for event in discussion_events(self.ledger.task_status(intent.task_id)):
                         self._audit(event)
                 self._audit(intent_event(intent, agent_id=self.name, ts=self._now_ms()))
-                log_event(logger, "info", "commit started", member=self.name,
+                log_event(logger, "info", "commit started", agent=self.name,
                           commit=intent.commit_id[:16], task=intent.task_id,
                           resumed=effect.resumed, steps=len(intent.steps))
             elif isinstance(effect, LogAttempt):
@@ -214,7 +214,7 @@ class SubmitterLoop:
                 if self.audit is not None:
                     self.audit.sync()
                 log_event(logger, "info" if result.result == "committed" else "warning",
-                          "commit finished", member=self.name, commit=intent.commit_id[:16],
+                          "commit finished", agent=self.name, commit=intent.commit_id[:16],
                           result=result.result, error_code=result.error_code)
 
     def _audit(self, event: AuditEvent) -> None:
@@ -225,7 +225,7 @@ class SubmitterLoop:
         assert self._order is not None
         answer = await self._order(effect.op)
         if answer is not None and not answer.get("ok"):
-            log_event(logger, "info", "commit operation refused", member=self.name,
+            log_event(logger, "info", "commit operation refused", agent=self.name,
                       op=effect.key[0], reason=answer.get("error"), detail=answer.get("detail"))
         self.core.op_settled(effect.key, answer is not None)
         self._poke()
@@ -256,7 +256,7 @@ class SubmitterLoop:
             outcome = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
             if isinstance(call, RunStep) and outcome.ok and self._failpoint == call.call.index:
                 log_event(logger, "warning", "failpoint: SIGKILL after the effect",
-                          member=self.name, step=call.call.index)
+                          agent=self.name, step=call.call.index)
                 os.kill(os.getpid(), signal.SIGKILL)
         self._perform(self.core.call_done(effect.commit_id, call.call.index, call.attempt,
                                           outcome, self._now_ms()))
