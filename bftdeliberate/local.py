@@ -9,8 +9,8 @@ its peer closes its links, its agent and submitter stop where they are.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,9 @@ from typing import Any
 import trio
 
 from bftdeliberate.agents.loop import AgentConfig, AgentLoop
-from bftdeliberate.agents.submitter import AUDIT_FILE_NAME, WAL_FILE_NAME, SubmitterLoop
-from bftdeliberate.audit.events import AuditLog
+from bftdeliberate.agents.submitter import SubmitterLoop, open_submitter
 from bftdeliberate.commit.executor import RetryPolicy
 from bftdeliberate.commit.handlers.base import HandlerRegistry
-from bftdeliberate.commit.wal import CommitWal
 from bftdeliberate.committee import Committee, parse_address
 from bftdeliberate.crypto import PrivateKey
 from bftdeliberate.deliberation.debater import Debater
@@ -76,20 +74,6 @@ class LocalCommittee:
             await member.agent.wait_until(lambda m=member: predicate(m))
 
 
-@contextmanager
-def _open_submitter(committee: Committee, member: int, key: PrivateKey, ledger: Ledger,
-                    registry: HandlerRegistry, data_dir: Path, policy: RetryPolicy | None,
-                    stall_ms: int | None) -> Iterator[SubmitterLoop]:
-    """Member ``member``'s submitter with its WAL and audit log in ``data_dir``."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with CommitWal.open(data_dir / WAL_FILE_NAME, committee_digest=committee.digest,
-                        signer=member, key=key) as wal, \
-            AuditLog(data_dir / AUDIT_FILE_NAME) as audit:
-        yield SubmitterLoop(ledger, committee.member(member).name, registry=registry,
-                            view=lambda: 0, wal=wal, audit=audit, policy=policy,
-                            stall_ms=stall_ms)
-
-
 @asynccontextmanager
 async def open_local_committee(
     committee: Committee, keys: Sequence[PrivateKey], debaters: Sequence[Debater | None], *,
@@ -134,9 +118,9 @@ async def open_local_committee(
             submitter = None
             if handlers is not None and run_agents[i]:
                 assert data_dir is not None
-                submitter = stack.enter_context(_open_submitter(
-                    committee, i, keys[i], ledger, handlers(i), data_dir, commit_policy,
-                    commit_stall_ms))
+                submitter = stack.enter_context(open_submitter(
+                    committee, i, keys[i], ledger, handlers(i), data_dir,
+                    policy=commit_policy, stall_ms=commit_stall_ms))
             hooks = [agent.on_execute] + ([] if submitter is None else [submitter.on_execute])
             configs.append(PeerConfig(
                 committee, i, keys[i], app=ledger,

@@ -343,7 +343,9 @@ def node_run(*, member: int, committee_path: Path, key_path: Path, data_dir: Pat
         with contextlib.ExitStack() as stack:
             submitter = None
             if registry is not None:
-                submitter = stack.enter_context(_open_submitter(
+                from bftdeliberate.agents.submitter import open_submitter
+
+                submitter = stack.enter_context(open_submitter(
                     committee, member, key, app, registry, data_dir))
             hooks = [hook for hook in (getattr(loop, "on_execute", None),
                                        getattr(submitter, "on_execute", None)) if hook]
@@ -389,22 +391,6 @@ def node_run(*, member: int, committee_path: Path, key_path: Path, data_dir: Pat
         return 0
     run_trio(main)
     return 0
-
-
-@contextlib.contextmanager
-def _open_submitter(committee: Committee, member: int, key: PrivateKey, ledger: Any,
-                    registry: Any, data_dir: Path) -> Any:
-    """The member's commit submitter with its WAL and audit log in ``data_dir``."""
-    from bftdeliberate.agents.submitter import AUDIT_FILE_NAME, WAL_FILE_NAME, SubmitterLoop
-    from bftdeliberate.audit.events import AuditLog
-    from bftdeliberate.commit.wal import CommitWal
-
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with CommitWal.open(data_dir / WAL_FILE_NAME, committee_digest=committee.digest,
-                        signer=member, key=key) as wal, \
-            AuditLog(data_dir / AUDIT_FILE_NAME) as audit:
-        yield SubmitterLoop(ledger, committee.member(member).name, registry=registry,
-                            view=lambda: 0, wal=wal, audit=audit)
 
 
 async def _serve_agent(committee: Committee, name: str, key: PrivateKey, loop: Any,

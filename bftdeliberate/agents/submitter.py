@@ -26,7 +26,9 @@ import os
 import random
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -55,6 +57,8 @@ from bftdeliberate.commit.submitter import (
 )
 from bftdeliberate.commit.types import StepOutcome
 from bftdeliberate.commit.wal import CommitWal
+from bftdeliberate.committee import Committee
+from bftdeliberate.crypto import PrivateKey
 from bftdeliberate.deliberation.ledger import Ledger
 from bftdeliberate.observability import log_event
 from bftdeliberate.pbft.effects import Execute
@@ -263,4 +267,20 @@ class SubmitterLoop:
         self._poke()
 
 
-__all__ = ["AUDIT_FILE_NAME", "WAL_FILE_NAME", "SubmitterLoop"]
+@contextmanager
+def open_submitter(committee: Committee, member: int, key: PrivateKey, ledger: Ledger,
+                   registry: HandlerRegistry, data_dir: Path, *,
+                   policy: RetryPolicy | None = None, stall_ms: int | None = None
+                   ) -> Iterator[SubmitterLoop]:
+    """Member ``member``'s submitter with its WAL and audit log in ``data_dir`` (opened and
+    recovered here, closed on exit); bind the view and run it beside the peer."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with CommitWal.open(data_dir / WAL_FILE_NAME, committee_digest=committee.digest,
+                        signer=member, key=key) as wal, \
+            AuditLog(data_dir / AUDIT_FILE_NAME) as audit:
+        yield SubmitterLoop(ledger, committee.member(member).name, registry=registry,
+                            view=lambda: 0, wal=wal, audit=audit, policy=policy,
+                            stall_ms=stall_ms)
+
+
+__all__ = ["AUDIT_FILE_NAME", "WAL_FILE_NAME", "SubmitterLoop", "open_submitter"]
