@@ -73,6 +73,8 @@ AUDIT_FILE_NAME = "audit.jsonl"
 #: WAL record or result says so -- the exact window the takeover protocol exists for.
 FAILPOINT_ENV = "BFTD_FAILPOINT"
 FAILPOINT_AFTER_EFFECT = "commit.after_effect:"
+#: View changes audited per loop turn at most (a storm of them is one line each, bounded).
+MAX_VIEW_EVENTS_PER_TURN = 64
 #: Longest handler exception text kept in an outcome's detail.
 MAX_ERROR_TEXT = 300
 
@@ -116,6 +118,8 @@ class SubmitterLoop:
         self._nursery: trio.Nursery | None = None
         self._order: Order | None = None
         self._failpoint = _after_effect_failpoint()
+        #: Views this member entered since the run loop last looked (consensus audit events).
+        self._views_entered: list[int] = []
         if wal is not None and (wal.recovered_truncated_bytes or wal.in_doubt()):
             # Recovery: a torn tail was cut off; in-doubt intents are resumed by whoever is
             # the submitter (this member, if it still is: from what its WAL shows).
@@ -135,6 +139,8 @@ class SubmitterLoop:
         self._view = view
 
     def on_view_change(self, view: int, active: bool) -> None:
+        if active:
+            self._views_entered.append(view)  # audited by the run loop (no IO here)
         self._poke()
 
     def _poke(self) -> None:
@@ -171,6 +177,7 @@ class SubmitterLoop:
                     if deadline is not None and now >= deadline:
                         effects += self.core.handle_timer(now)
                     effects += self.core.poll(self.ledger, self._view(), now)
+                    self._audit_view_changes(now)
                     self._perform(effects)
                     if effects:
                         continue
@@ -220,6 +227,13 @@ class SubmitterLoop:
                 log_event(logger, "info" if result.result == "committed" else "warning",
                           "commit finished", agent=self.name, commit=intent.commit_id[:16],
                           result=result.result, error_code=result.error_code)
+
+    def _audit_view_changes(self, now_ms: int) -> None:
+        entered, self._views_entered = self._views_entered, []
+        for view in entered[-MAX_VIEW_EVENTS_PER_TURN:]:
+            if view > 0:
+                self._audit(AuditEvent(agent_id=self.name, role="member", result="view_change",
+                                       layer="consensus", ts=now_ms))
 
     def _audit(self, event: AuditEvent) -> None:
         if self.audit is not None:
