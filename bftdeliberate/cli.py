@@ -432,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_debate.add_argument("--seeds", type=_positive, default=None,
                               help="simulated seeds per n, figures are medians (default 3)")
     bench_debate.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench_debate.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                              help="also draw round close latency and messages per round vs "
+                                   "n (needs the plot extra: pip install -e '.[plot]')")
     bench_debate.set_defaults(handler=cmd_bench_debate)
     core = _command(bench, "core", "replicas in one process, no network", EXAMPLES["bench core"])
     core.add_argument("--n", type=_int_list, default=[4, 7, 10, 13, 16], help="committee sizes")
@@ -442,6 +445,37 @@ def build_parser() -> argparse.ArgumentParser:
     core.add_argument("--seed", type=int, default=1)
     core.add_argument("--json", action="store_true", help="print the report as JSON")
     core.set_defaults(handler=cmd_bench_core)
+    complexity = _command(
+        bench, "complexity", "messages and bytes per operation and per view change vs PBFT's "
+                             "analytic counts (simulator)",
+        "examples:\n  bftd bench complexity\n"
+        "  bftd bench complexity --n 4,7,10,13,16,22,31 --batch 1,10,100 --json > c.json\n"
+        "  bftd bench complexity --n 4,7 --batch 1,10 --requests 100 --plot complexity.png\n"
+        "the default sweep (7 sizes x 3 batches, 64 x batch requests each) takes about a "
+        "minute on one core")
+    complexity.add_argument("--n", type=_member_list, default=[4, 7, 10, 13, 16, 22, 31],
+                            help="committee sizes (default 4,7,10,13,16,22,31)")
+    complexity.add_argument("--batch", type=_int_list, default=[1, 10, 100],
+                            help="batch sizes (default 1,10,100)")
+    complexity.add_argument("--requests", type=_positive, default=None, metavar="N",
+                            help="requests per (n, batch), rounded up to whole batches "
+                                 "(default K x batch: one checkpoint interval of full "
+                                 "batches, i.e. 64, 640 and 6400 requests with K = 64; the "
+                                 "default sweep then takes about a minute on one core)")
+    complexity.add_argument("--seeds", type=_positive, default=1,
+                            help="seeds per (n, batch); counts are means (default 1: the "
+                                 "fixed-delay run is the same for every seed)")
+    complexity.add_argument("--checkpoint-interval", type=_positive, default=64, metavar="K",
+                            help="a checkpoint every K sequence numbers (default 64)")
+    complexity.add_argument("--jobs", type=_positive, default=1,
+                            help="worker processes (default 1)")
+    complexity.add_argument("--json", action="store_true",
+                            help="print one record per (n, batch, type, phase) as JSON")
+    complexity.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                            help="also draw a log-log PNG: messages per operation and per "
+                                 "view change vs n over PBFT's curves (needs the plot extra: "
+                                 "pip install -e '.[plot]')")
+    complexity.set_defaults(handler=cmd_bench_complexity)
     bench_sim = _command(bench, "sim", "simulator seed-runs per minute (pool of processes)",
                          EXAMPLES["bench sim"])
     bench_sim.add_argument("--scenario", default="chaos", help="built-in scenario (default chaos)")
@@ -452,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="wall seconds to measure (default 20)")
     bench_sim.add_argument("--jobs", type=_positive, default=2, help="processes (default 2)")
     bench_sim.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench_sim.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                           help="also draw seed-runs per minute and wall ms per run (needs "
+                                "the plot extra: pip install -e '.[plot]')")
     bench_sim.set_defaults(handler=cmd_bench_sim)
     bench_vc = _command(bench, "viewchange", "primary crash: time to the first commit in the new "
                                              "view, view-change messages and bytes vs n",
@@ -464,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="crash the primary at this simulated time (default: right "
                                "after it executes seq 72)")
     bench_vc.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench_vc.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                          help="also draw view-change latency, messages and bytes vs n "
+                               "(needs the plot extra: pip install -e '.[plot]')")
     bench_vc.set_defaults(handler=cmd_bench_viewchange)
     bench_tp = _command(bench, "throughput", "node processes on 127.0.0.1 driven by load-"
                                              "generator processes: ops/s, latency, CPU",
@@ -484,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench_tp.add_argument("--keep", action="store_true",
                           help="keep the keystores, data and logs (kept anyway on failure)")
     bench_tp.add_argument("--json", action="store_true", help="print the report as JSON")
+    bench_tp.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                          help="also draw throughput vs clients and the latency CDF (needs "
+                               "the plot extra: pip install -e '.[plot]')")
     bench_tp.set_defaults(handler=cmd_bench_throughput)
 
     sim = _group(_command(commands, "sim", "deterministic simulation: scenarios, runs, sweeps"),
@@ -917,6 +960,21 @@ def cmd_sim_run(args: argparse.Namespace, console: Console) -> int:
             f"{tokens.get('used')}/{tokens.get('budget')}, flags {debate.get('signals')}, "
             f"commit ready {debate.get('commit_ready')}, rejected "
             f"{debate.get('rejection_counts')}", markup=False, highlight=False)
+    commit = getattr(result, "commit", None)
+    if commit is not None:
+        for entry in commit.get("commits", []):
+            submitters = " -> ".join(f"{who} (view {view})" for who, view in entry["intents"])
+            console.print(f"commit {entry['commit_id'][:16]} of {entry['task_id']}: "
+                          f"{entry['result'] or 'pending'} by {submitters}; rollback "
+                          f"{entry['rollback']}", markup=False, highlight=False)
+        console.print(
+            f"effects applied {commit.get('effects_applied')}, in place "
+            f"{commit.get('effects_in_place')}, duplicate effects "
+            f"{commit.get('duplicate_effects')}; retries {commit.get('retries')}, "
+            f"compensations {commit.get('compensations')}, conflicts "
+            f"{commit.get('conflicts')}, takeovers {commit.get('takeovers')}, refused calls "
+            f"{commit.get('refusals')}; expectation met: {commit.get('expect_met')}",
+            markup=False, highlight=False)
     console.print(f"trace {result.trace_hash}", highlight=False)
     if args.check_determinism:
         console.print("determinism: " + ("[green]same trace hash twice[/]" if same_trace
@@ -1213,14 +1271,68 @@ def cmd_schema(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def _bench_plot(args: argparse.Namespace, console: Console, report: dict[str, Any],
+                draw: str) -> None:
+    """``--plot FILE.png``: draw the report with ``benchmarks.plots.<draw>`` (checked by
+    ``prepare_plot`` before the benchmark ran)."""
+    if args.plot is None:
+        return
+    from benchmarks import plots
+
+    try:
+        getattr(plots, draw)(report, args.plot)
+    except (KeyError, TypeError, ValueError, IndexError) as error:  # a partial report
+        Console(stderr=True, soft_wrap=True).print(
+            f"bftd: plot {args.plot} not drawn: the report lacks what it needs ({error!r})",
+            markup=False, highlight=False)
+        return
+    if not args.json:
+        console.print(f"plot: {args.plot}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _prepare_bench_plot(args: argparse.Namespace) -> None:
+    """Fail at once (exit 2, one line) if ``--plot`` cannot be drawn: no matplotlib, no
+    folder."""
+    if args.plot is not None:
+        from benchmarks.plots import prepare_plot
+
+        prepare_plot(args.plot)
+
+
+def cmd_bench_complexity(args: argparse.Namespace, console: Console) -> int:
+    from benchmarks.complexity import render, run
+
+    _prepare_bench_plot(args)
+    command = (f"bftd bench complexity --n {','.join(map(str, args.n))} --batch "
+               f"{','.join(map(str, args.batch))}"
+               + (f" --requests {args.requests}" if args.requests is not None else "")
+               + f" --seeds {args.seeds}"
+               + (f" --checkpoint-interval {args.checkpoint_interval}"
+                  if args.checkpoint_interval != 64 else "")
+               + (f" --jobs {args.jobs}" if args.jobs != 1 else "")
+               + (" --json" if args.json else "")
+               + (f" --plot {args.plot}" if args.plot is not None else ""))
+    report = run(args.n, args.batch, args.requests, args.seeds,
+                 checkpoint_interval=args.checkpoint_interval, jobs=args.jobs, command=command)
+    code = EXIT_OK if report["ok"] else EXIT_FAILED
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        render(report, console)
+    _bench_plot(args, console, report, "plot_complexity")
+    return code
+
+
 def cmd_bench_sim(args: argparse.Namespace, console: Console) -> int:
     from benchmarks.sim import run
     from simulator.spec import load_builtin
 
     load_builtin(args.scenario).with_overrides(n=args.n, requests=args.requests)  # bad input: 2
+    _prepare_bench_plot(args)
     command = "bftd " + " ".join(sys.argv[1:]) if sys.argv[1:] else "bftd bench sim"
     report = run(args.scenario, args.n, args.requests, args.seconds, args.jobs, command=command)
     code = EXIT_OK if report["missed_expectation"] == 0 else EXIT_FAILED
+    _bench_plot(args, console, report, "plot_sim")
     if args.json:
         print(json.dumps(report, indent=2))
         return code
@@ -1256,8 +1368,10 @@ def cmd_bench_viewchange(args: argparse.Namespace, console: Console) -> int:
     command = (f"bftd bench viewchange --n {','.join(map(str, args.n))} --seeds {args.seeds}"
                + (f" --fail-at-s {args.fail_at_s:g}" if args.fail_at_s is not None else "")
                + (" --json" if args.json else ""))
+    _prepare_bench_plot(args)
     report = run(args.n, args.seeds, fail_at_s=args.fail_at_s, command=command)
     code = EXIT_OK if report["ok"] else EXIT_FAILED
+    _bench_plot(args, console, report, "plot_viewchange")
     if args.json:
         print(json.dumps(report, indent=2))
         return code
@@ -1310,6 +1424,7 @@ def cmd_bench_throughput(args: argparse.Namespace, console: Console) -> int:
                f"{args.warmup:g} --loadgens {args.loadgens}"
                + (f" --batch-size {args.batch_size}" if args.batch_size is not None else "")
                + (" --profile" if args.profile else "") + (" --json" if args.json else ""))
+    _prepare_bench_plot(args)
     progress = Console(stderr=True)
     echo = None if args.json else (
         lambda text: progress.print(text, markup=False, highlight=False, soft_wrap=True))
@@ -1317,6 +1432,7 @@ def cmd_bench_throughput(args: argparse.Namespace, console: Console) -> int:
                  loadgens=args.loadgens, batch_size=args.batch_size, profile=args.profile,
                  keep=args.keep, command=command, echo=echo)
     code = EXIT_OK if report["ok"] else EXIT_FAILED
+    _bench_plot(args, console, report, "plot_throughput")
     if report["failure"] is not None:
         failure = report["failure"]
         progress.print(f"bftd: bench throughput failed at {failure['clients']} clients: "
@@ -1467,8 +1583,10 @@ def cmd_bench_debate(args: argparse.Namespace, console: Console) -> int:
     command = (f"bftd bench debate --rounds {args.rounds}"
                + (f" --n {','.join(map(str, args.sim_n))}" if args.sim_n else "")
                + (f" --seeds {args.seeds}" if args.seeds else "") + (" --json" if args.json else ""))
+    _prepare_bench_plot(args)
     report = run(rounds=args.rounds, command=command, sim_ns=args.sim_n, sim_seeds=args.seeds)
     code = EXIT_OK if report["ok"] else EXIT_FAILED
+    _bench_plot(args, console, report, "plot_debate")
     if args.json:
         print(json.dumps(report, indent=2))
         return code

@@ -408,7 +408,8 @@ class Equivocate(Behaviour):
             return self.host.sign(_rebuild(proposal, seq=seq)) if seq <= MAX_COUNTER else None
         batch, timestamp = _other_batch(proposal.batch, proposal.timestamp)
         return self.host.sign(_rebuild(proposal, batch=batch, timestamp=timestamp,
-                                       digest=batch_digest(timestamp, batch)))
+                                       digest=batch_digest(timestamp, batch,
+                                                           proposal.origin_view)))
 
 
 class Replay(Behaviour):
@@ -993,9 +994,9 @@ class FakePreparedCertificate(Behaviour):
         elif variant == "other-digest":
             view = max(proposal.view, change.view - 1)
             batch, timestamp = _other_batch(proposal.batch, proposal.timestamp)
-            digest = batch_digest(timestamp, batch)
+            digest = batch_digest(timestamp, batch, view)
             lying = _rebuild(proposal, view=view, replica=view % self.host.n, batch=batch,
-                             timestamp=timestamp, digest=digest)
+                             timestamp=timestamp, origin_view=view, digest=digest)
             forged = (self.host.sign(lying).raw,
                       *(self.host.sign(_rebuild(p.message, view=view, digest=digest)).raw
                         for p in prepares))
@@ -1083,7 +1084,7 @@ class MaliciousNewView(Behaviour):
                 batch, timestamp = (), min(proposal.timestamp + 1, MAX_COUNTER)
             entries[at] = self.host.sign(_rebuild(
                 proposal, batch=batch, timestamp=timestamp,
-                digest=batch_digest(timestamp, batch))).raw
+                digest=batch_digest(timestamp, batch, proposal.origin_view))).raw
         elif mode == "drop-view-change":
             changes = changes[: quorum - 1]
         else:  # duplicate-view-change (a NEW-VIEW holds 2f+1 >= 3 of them)
@@ -1103,8 +1104,8 @@ class MaliciousNewView(Behaviour):
     def _null_entry(self, view: int) -> bytes:
         seq = min(self.host.replica.low_watermark + 1, MAX_COUNTER)
         return self.host.sign(PrePrepare(view=view, seq=seq, timestamp=NULL_TIMESTAMP,
-                                         replica=self.member, batch=(),
-                                         digest=batch_digest(NULL_TIMESTAMP, ()))).raw
+                                         origin_view=view, replica=self.member, batch=(),
+                                         digest=batch_digest(NULL_TIMESTAMP, (), view))).raw
 
 
 BEHAVIOURS: dict[str, type[Behaviour]] = {

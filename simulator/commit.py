@@ -15,8 +15,8 @@ orders the ``commit_result``. Pieces:
   ``permanent``). A ``patch`` sets the resource's value to the step's ``patch_id``; ``read``
   and ``test``/``command`` steps change nothing but still count as applied once. Calls take a
   latency drawn from the world's seeded rng, and faults are drawn per call: ``transient``
-  (no effect), ``timeout`` (the call is answered after its step timeout -- half of them take
-  effect late too, the other half take effect on time and their answer is lost),
+  (no effect), ``timeout`` (the call is answered after its step timeout: LATE_EFFECT_SHARE
+  of them take effect late too, the others take effect on time and their answer is lost),
   ``permanent_at`` steps, and submitter crashes right after an effect (or a compensation)
   before its answer arrives. The store is also a **gate**: an ``apply`` or ``compensate`` not
   backed by an ordered, granted intent naming the caller -- as f+1 honest replicas' ledgers
@@ -31,10 +31,10 @@ orders the ``commit_result``. Pieces:
   in-memory WAL (:class:`SimWal`: begin and end are commit points; attempts are synced at the
   next one, so a crash may lose them). A crash drops the core and whatever it was waiting
   for; the restarted member gets a fresh ``Submitter`` over its surviving WAL (none after a
-  lost disk). A member that sees commit work stalled (an intent without result, or a
-  commit-ready task without intent, unchanged for COMMIT_STALL_MS) while its client is idle
-  sends a ``tick``: harmless when the primary is alive, and when it is not, the unexecuted
-  request makes the backups change view -- so the next primary takes over naturally.
+  lost disk). The core's own watchdog (``commit.stall_ms``) orders a ``tick`` for a granted
+  commit stalled without result: harmless when the primary is alive, and when it is not,
+  the unexecuted request makes the backups change view -- so the next primary takes over
+  naturally.
 * Byzantine submitters (``commit.byzantine_submitter``; the member counts against f):
   ``execute-twice`` sends every apply twice with the same key and orders a second, different
   result once its result is in; ``unapproved-plan`` orders a ``commit_intent`` for every task
@@ -42,7 +42,8 @@ orders the ``commit_result``. Pieces:
   Both otherwise do their duty (the approved commit still completes).
 
 :class:`CommitOracles` (checked during the run and at the end; a Byzantine member's replica
-is not judged):
+is not judged, nor a result a Byzantine submitter ordered -- it can report anything -- but
+every effect anybody makes is):
 
 * ``commit-exactly-once`` -- no idempotency key takes effect twice; a committed commit's keys
   each took effect exactly once and are in place; a ``permission_denied`` commit has none;
@@ -98,10 +99,6 @@ GATE_WAIT_MS = 1_000.0
 #: While commit work is unsettled, a driver also looks at its ledger this often (a view change
 #: executes nothing it could be told about).
 COMMIT_IDLE_POLL_MS = 500.0
-#: Commit work unchanged this long (local clock) makes an idle member send a tick ...
-COMMIT_STALL_MS = 2_000.0
-#: ... plus this much per member index, so that normally one member ticks.
-COMMIT_STALL_STAGGER_MS = 100.0
 #: Shortest time between two wake-ups of a driver (clock conversions can land a hair early).
 MIN_WAKE_MS = 1.0
 #: Poll rounds in one wake-up (the core's effects can make more work visible at once).
@@ -112,13 +109,14 @@ MAX_STATUS_SEQS_KEPT = 100_000
 LATE_EFFECT_SHARE = 0.5
 #: Patch id the ``unapproved-plan`` submitter writes (no approved plan holds it).
 UNAPPROVED_PATCH = "patch-unapproved"
-#: Resource it targets when the scenario names none.
+#: Resource it targets when the scenario names none, and the timeout its calls claim.
 UNAPPROVED_TARGET = "file:unapproved.txt"
+UNAPPROVED_TIMEOUT_MS = 1_000
 #: Members' WAL records kept (an in-memory WAL; a run writes a few dozen).
 MAX_WAL_RECORDS = 100_000
-#: Request kinds the drivers queue behind their agents (commit operations, watchdog ticks, a
-#: Byzantine submitter's extra operations); settling waits until none is left.
-COMMIT_REQUEST_KINDS = frozenset({"commit", "commit-watch", "byzantine-commit"})
+#: Request kinds the drivers queue behind their agents (the core's operations, watchdog ticks
+#: included, and a Byzantine submitter's extra ones); settling waits until none is left.
+COMMIT_REQUEST_KINDS = frozenset({"commit", "byzantine-commit"})
 
 ORACLE_EXACTLY_ONCE = "commit-exactly-once"
 ORACLE_AUTHORISED = "commit-authorised"
@@ -512,8 +510,6 @@ class CommitDriver:
         self._poll_pending = False
         self._timer_generation = 0
         self._timer_at: float | None = None
-        self._stall_key: Any = None
-        self._stall_since_ms = 0.0
         # Byzantine bookkeeping.
         self._second_results: set[str] = set()
         self._unapproved_intents: set[str] = set()
@@ -524,7 +520,8 @@ class CommitDriver:
         return Submitter(
             self.name, rng=self.world.rng(f"commit/submitter/{member}/{self.incarnation}"),
             policy=harness.policy, check=harness.store.check,
-            known_progress=lambda cid: wal_progress(harness.wals[member].records(), cid))
+            known_progress=lambda cid: wal_progress(harness.wals[member].records(), cid),
+            stall_ms=harness.spec.stall_ms)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -553,7 +550,6 @@ class CommitDriver:
     def restarted(self) -> None:
         """A new process: a fresh core over the surviving WAL."""
         self.core = self._new_core()
-        self._stall_key = None
         self.request_poll()
 
     # -- polling -------------------------------------------------------------------------------
@@ -584,8 +580,6 @@ class CommitDriver:
                 return  # the member crashed on one of these effects
         if "unapproved-plan" in self.behaviours:
             self._unapproved_plan(ledger)
-        if not self.behaviours:
-            self._watch(ledger, replica.view)
         self._arm_next()
 
     def perform(self, effects: list[SubmitterEffect]) -> None:
@@ -611,8 +605,10 @@ class CommitDriver:
                            durable=True)
                 self.stats["finished"] += 1
 
-    def _order(self, key: tuple[str, str], op: CommitIntent | CommitDone) -> None:
+    def _order(self, key: tuple[str, str], op: CommitIntent | CommitDone | Tick) -> None:
         incarnation = self.incarnation
+        if key[0] == "watch":
+            self.stats["watch-ticks"] += 1
 
         def done(ordered: bool, answer: dict[str, Any] | None) -> None:
             if incarnation != self.incarnation or self.core is None:
@@ -638,7 +634,7 @@ class CommitDriver:
                 self.stats["answers-dropped"] += 1  # the asking process crashed
                 return
             self.perform(core.call_done(effect.commit_id, call.index, work.attempt, outcome,
-                                        self.now_ms()))
+                                        self.now_ms(), call_id=work.call_id))
             self.request_poll()
 
         store = self.harness.store
@@ -647,31 +643,6 @@ class CommitDriver:
             self.stats["applied-twice"] += 1
             store.call(self.member, "apply", call, answer)
 
-    # -- stalled work ----------------------------------------------------------------------------
-
-    def _watch(self, ledger: Ledger, view: int) -> None:
-        """Commit work unchanged for COMMIT_STALL_MS: tick, so a dead primary is replaced."""
-        book = ledger.commits
-        stalled = [(cid, len(book.status(cid)["intents"]), book.status(cid)["grant"])
-                   for cid in book.in_doubt()]
-        waiting = [task for task in ledger.task_ids
-                   if ledger.commit_ready(task) and book.commit_of(task) is None]
-        if (not stalled and not waiting) or self.world.committee.primary(view) == self.member:
-            self._stall_key = None
-            return
-        now = float(self.now_ms())
-        key = (tuple(stalled), tuple(waiting))
-        if key != self._stall_key:
-            self._stall_key, self._stall_since_ms = key, now
-            return
-        if now >= self._stall_since_ms + self._stall_delay_ms() and self.agent.idle:
-            self._stall_since_ms = now
-            self.stats["watch-ticks"] += 1
-            self.agent.enqueue(encode_op(Tick()), "commit-watch")
-
-    def _stall_delay_ms(self) -> float:
-        return COMMIT_STALL_MS + COMMIT_STALL_STAGGER_MS * self.member
-
     # -- timers ------------------------------------------------------------------------------------
 
     def _arm_next(self) -> None:
@@ -679,10 +650,8 @@ class CommitDriver:
         wakes: list[float] = []
         core = self.core
         deadline = None if core is None else core.next_deadline_ms()
-        if deadline is not None:
+        if deadline is not None:  # a call's timeout or retry, or a watchdog tick
             wakes.append(self._at_local(deadline + 0.5))  # floor(now) reaches the deadline
-        if self._stall_key is not None:
-            wakes.append(self._at_local(self._stall_since_ms + self._stall_delay_ms() + 0.5))
         if not self.harness.settled:
             wakes.append(world.now + COMMIT_IDLE_POLL_MS / MS)
         if wakes:
@@ -736,7 +705,7 @@ class CommitDriver:
             step = {"step": "patch", "target": target, "patch_id": UNAPPROVED_PATCH}
             call = StepCall(commit_id=forged_commit, index=index,
                             idempotency_key=idempotency_key(digest, proposal, index, step),
-                            resource=target, step=step, timeout_ms=1_000)
+                            resource=target, step=step, timeout_ms=UNAPPROVED_TIMEOUT_MS)
             self.stats["unapproved-calls"] += 1
             self.harness.store.call(self.member, "apply", call, None)
 
@@ -802,7 +771,12 @@ class CommitOracles:
             "proposal_id"]
 
     def on_result(self, commit: str, status: dict[str, Any]) -> None:
-        """The first honest replica showed ``commit``'s result."""
+        """The first honest replica showed ``commit``'s result. Only an honest submitter's
+        result is judged: a Byzantine one with a granted intent can report anything (its
+        effects are still judged one by one, in :meth:`on_effect`)."""
+        submitter = self.world.committee.member_named(status["intents"][-1]["submitter"])
+        if submitter is None or submitter.id in self.world.byzantine:
+            return
         store = self.harness.store
         result = status["result"]["result"]
         keys = [step["idempotency_key"] for step in status["intent"]["steps"]]
@@ -886,10 +860,8 @@ class CommitHarness:
         self.byzantine_member = None if submitter is None else submitter.member % n
         if self.byzantine_member is not None:
             world.byzantine.add(self.byzantine_member)
-        question = debate.spec.task.question
         #: The tasks' questions (the first is the debate's own task).
-        self.questions = [question] + [f"{question} (task {number})"
-                                       for number in range(2, spec.tasks + 1)]
+        self.questions = spec.questions(debate.spec.task.question)
         #: Commit id -> its result, from the first honest replica that showed it.
         self.results_seen: dict[str, dict[str, Any]] = {}
         self.attempts: Counter[str] = Counter()

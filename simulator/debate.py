@@ -9,7 +9,9 @@ deliberation ledger, and every member runs an :class:`AgentDriver` next to its r
   before the next round's contribution), thinks about one answer at a time (``think_ms``: a
   model's latency) and sends the answers through its own PBFT client -- client id = the
   member's name, signed with the member's key -- one request outstanding at a time, the rest
-  waiting in a bounded queue (MAX_AGENT_QUEUE), so its requests are ordered as it sent them;
+  waiting in a bounded queue (MAX_AGENT_QUEUE), so its requests are ordered as it sent them
+  (the member's commit driver, ``simulator/commit.py``, queues its operations there too and
+  hears how each ended through ``on_done``);
 * it polls after every execution at its replica and whenever one of its requests completes
   (and, while the debate is unsettled, every IDLE_POLL_MS);
 * time: ledger rules read the agreed batch time, so a round's or vote window's end only takes
@@ -375,11 +377,6 @@ class AgentDriver:
         dropped = len(self.queue) - len(kept)
         self.queue = kept
         return dropped
-
-    @property
-    def idle(self) -> bool:
-        """Nothing outstanding, queued or being thought about."""
-        return self.outstanding is None and not self.queue and not self.thinking
 
     def pending(self, kinds: frozenset[str]) -> bool:
         """A request of one of ``kinds`` is outstanding or queued."""

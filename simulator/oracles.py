@@ -131,7 +131,8 @@ class Oracles:
             self.violate("certificate", "pre-prepare not signed by the view's primary",
                          (member,), seq)
         if effect.proposal.raw not in self._digest_checked:
-            if batch_digest(proposal.timestamp, proposal.batch) != effect.digest:
+            if batch_digest(proposal.timestamp, proposal.batch,
+                            proposal.origin_view) != effect.digest:
                 self.violate("certificate", "batch does not hash to the agreed digest",
                              (member,), seq)
             else:

@@ -9,12 +9,14 @@ Phases of a run:
 3. the closed-loop workload runs until every request completed, a safety oracle fired, or
    ``max_time_ms`` of simulated time passed -- or, with a ``debate`` section, the agents
    (``simulator/debate.py``) debate one task on the deliberation ledger until it reached its
-   end at every honest replica;
+   end at every honest replica -- and with a ``commit`` section too, until every approved
+   plan was executed by the commit layer (``simulator/commit.py``) and its result ordered;
 4. the verdict: safety is "violated" if any oracle fired (the world's oracles after every
    event and ``final_checks()`` at the end, plus the partition check below); liveness is "ok"
    if the workload completed, "failed" if not, "not-checked" when the spec expects nothing.
    ``ok`` says whether the outcome matches ``expect`` (and ``debate.expect``: the result's
-   ``debate`` part says what the debate ended with).
+   ``debate`` part says what the debate ended with; and ``commit.expect``: its ``commit``
+   part says how each commit ended and what the resources saw).
 
 The partition check ("minority-progress"): an honest member cut off in a group smaller than a
 quorum may finish slots that were proposed before the cut (their messages were already in
@@ -35,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bftdeliberate import kv
-from bftdeliberate.commit.book import CommitBook
 from bftdeliberate.committee import Committee
 from bftdeliberate.deliberation.ledger import Ledger
 from bftdeliberate.errors import DecodeError
@@ -133,15 +134,11 @@ def workload(requests: int):
 
 
 def ledger_factory(resource_limits: dict[str, int]) -> Callable[[Committee], Ledger]:
-    """The deliberation ledger of a committee, its commit book with these per-resource
-    limits (the ledger itself always starts with the default limit 1)."""
+    """The deliberation ledger of a committee, with these per-resource commit limits."""
     limits = dict(resource_limits)
 
     def make(committee: Committee) -> Ledger:
-        ledger = Ledger(committee)
-        if limits:
-            ledger.commits = CommitBook(committee, resource_limits=limits)
-        return ledger
+        return Ledger(committee, resource_limits=limits or None)
     return make
 
 
@@ -341,7 +338,7 @@ def run_scenario(spec: Scenario, *, n: int | None = None, seed: int | None = Non
         if commits is not None:
             commits.start()
             debate_settled, commits_settled = harness.is_settled, commits.is_settled
-            done = lambda: debate_settled() and commits_settled()  # noqa: E731
+            done = lambda: debate_settled() and commits_settled()
     else:
         world.start_workload(workload(scenario.workload.requests))
         done = world.workload_done

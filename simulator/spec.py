@@ -62,6 +62,40 @@ Semantics worth knowing:
   behaviour is Byzantine counts against f like a Byzantine member. ``debate.expect`` is
   checked against an honest replica's ledger; ``expect.liveness`` then means the task reached
   its end (decided or escalated; resolved and audited when the spec says who does it).
+* ``commit`` (optional, only with ``debate``): the commit layer executes the approved plan
+  on simulated shared resources (``simulator/commit.py`` runs it)::
+
+    "commit": {
+      "tasks": 1, "submitters": "all",
+      "resources": {"file:src/retry.py": {"initial": "v0"}},
+      "resource_limits": {"file:src/retry.py": 1},
+      "faults": {"timeout_p": 0.1, "transient_p": 0.2, "permanent_at": [2],
+                 "latency_ms": [1, 10],
+                 "crash_submitter_after_effect": {"step": 1, "times": 1,
+                                                  "restart_after_ms": null},
+                 "crash_mid_rollback": null},
+      "allow": {"targets": ["file:src/*"], "commands": ["make"]},
+      "retry": {"max_attempts": 3, "base_backoff_ms": 100, "max_backoff_ms": 2000},
+      "stall_ms": 10000,
+      "byzantine_submitter": {"member": 0, "behaviours": ["execute-twice"]},
+      "expect": {"commits": 1, "result": "committed", "effects_applied": 3,
+                 "effects_in_place": 3, "takeover": false, "min_conflicts": 0,
+                 "min_refusals": 0, "min_retries": 0, "rejected": ["already_committed"],
+                 "resources": {"file:src/retry.py": "patch-retry"}}}
+
+  ``tasks``: the opener opens that many tasks (the question numbered), each one commit.
+  ``submitters``: the members with the genesis ``submit`` role (member 0, the first primary,
+  must be one). A resource's value is a string (a ``patch`` step sets it to its
+  ``patch_id``); ``resource_limits`` go to the ledger's grants (default 1). ``faults`` are
+  drawn per handler call from the seed; a crash fault crashes the submitting member right
+  after that step took effect (or, mid-rollback, was compensated) before the answer reaches
+  it, and restarts it ``restart_after_ms`` later (null: never). ``allow``: ``fnmatch``
+  patterns for targets and programs; a step outside is ``permission_denied`` before anything
+  runs. ``byzantine_submitter``: that member's submitter is Byzantine and counts against f
+  (``execute-twice``: every apply twice, then a second result; ``unapproved-plan``: intents
+  for undecided tasks, calls for a plan no intent holds). ``commit.expect`` is checked at
+  the end (null: not checked; duplicate effects are always an error) and
+  ``expect.liveness`` then also means every commit-ready task's commit has its result.
 
 Errors are one line naming the file and the field (``ConfigError``), e.g.
 ``my.json: events.2.at_ms: times out of order (2000 after 4000)``.
@@ -73,7 +107,7 @@ import json
 import random
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -86,7 +120,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from bftdeliberate.commit.executor import MAX_BACKOFF_MS, MAX_RESOURCE_LIMIT
-from bftdeliberate.commit.model import MAX_ATTEMPTS_LIMIT
+from bftdeliberate.commit.model import MAX_ATTEMPTS_LIMIT, CommitOutcome
+from bftdeliberate.commit.submitter import DEFAULT_STALL_MS
 from bftdeliberate.committee import ROLES
 from bftdeliberate.deliberation.ledger import EXIT_REASONS
 from bftdeliberate.deliberation.ops import (
@@ -495,13 +530,15 @@ DEFAULT_HANDLER_LATENCY_MS = (1.0, 10.0)
 MAX_COMMIT_CRASHES = 8
 #: A member crashed by a commit fault restarts this long after the crash (default).
 DEFAULT_COMMIT_RESTART_AFTER_MS = 10_000.0
+#: A granted commit without a result this long gets a watchdog tick from each member (the
+#: submitter core's ``stall_ms``); at most one simulated hour.
+MAX_STALL_MS = 3_600_000
 #: Allow-list entries (target patterns, programs) and the length of each.
 MAX_ALLOW_ENTRIES = 64
 MAX_ALLOW_ENTRY_LENGTH = 256
 #: Byzantine submitter behaviours (simulator/commit.py implements them).
-BYZANTINE_SUBMITTERS = ("execute-twice", "unapproved-plan")
-#: How a commit may end (``commit.model.CommitOutcome``).
-COMMIT_OUTCOMES = ("committed", "rolled_back", "failed", "permission_denied", "conflict")
+ByzantineSubmitterBehaviour = Literal["execute-twice", "unapproved-plan"]
+BYZANTINE_SUBMITTERS: tuple[str, ...] = get_args(ByzantineSubmitterBehaviour)
 
 ResourceName = Annotated[str, Field(min_length=1, max_length=MAX_TARGET_LENGTH,
                                     pattern=TARGET_PATTERN)]
@@ -599,7 +636,7 @@ class ByzantineSubmitter(_Model):
     the resources for a plan no ordered intent contains. Otherwise it does its duty."""
 
     member: MemberRef = 0
-    behaviours: list[Literal["execute-twice", "unapproved-plan"]] = Field(
+    behaviours: list[ByzantineSubmitterBehaviour] = Field(
         min_length=1, max_length=len(BYZANTINE_SUBMITTERS))
 
 
@@ -609,8 +646,7 @@ class CommitExpect(_Model):
 
     commits: int | None = Field(None, ge=0, le=MAX_COMMIT_TASKS,
                                 description="commits that have their result")
-    result: Literal["committed", "rolled_back", "failed", "permission_denied",
-                    "conflict"] | None = Field(None, description="how every commit ended")
+    result: CommitOutcome | None = Field(None, description="how every commit ended")
     effects_applied: int | None = Field(
         None, ge=0, description="idempotency keys whose effect took place (read/test steps "
                                 "count once)")
@@ -644,8 +680,17 @@ class CommitSpec(_Model):
     faults: CommitFaults = CommitFaults()
     allow: CommitAllow = CommitAllow()
     retry: CommitRetry = CommitRetry()
+    stall_ms: int = Field(DEFAULT_STALL_MS, ge=1, le=MAX_STALL_MS,
+                          description="the submitters' watchdog: a granted commit without "
+                                      "result this long (agreed intent time) gets a tick, so "
+                                      "a dead primary is voted out")
     byzantine_submitter: ByzantineSubmitter | None = None
     expect: CommitExpect = CommitExpect()
+
+    def questions(self, question: str) -> list[str]:
+        """The tasks' questions: the debate's own, then the same one numbered."""
+        return [question] + [f"{question} (task {number})"
+                             for number in range(2, self.tasks + 1)]
 
     def submitter_members(self, n: int) -> list[int]:
         if self.submitters == "all":
@@ -1043,6 +1088,11 @@ def _check_commit(scenario: Scenario) -> None:
         raise _field_error("commit", "needs a debate section: the commit layer executes the "
                                      "debate's approved plan")
     n = scenario.n
+    longest = max(commit.questions(scenario.debate.task.question), key=len)
+    if len(longest) > MAX_QUESTION_LENGTH:
+        raise _field_error("commit.tasks", f"the numbered question {longest[-24:]!r} is longer "
+                                           f"than {MAX_QUESTION_LENGTH} characters: shorten "
+                                           "debate.task.question")
     if commit.submitters != "all":
         if not commit.submitters:
             raise _field_error("commit.submitters", "name at least one member (or \"all\")")
@@ -1207,7 +1257,8 @@ def scenario_json_schema() -> dict[str, Any]:
         "gst_ms. Members listed in no partition group form one more group. A 'debate' "
         "section replaces the key-value workload by one deliberation task; its member "
         "references may be negative (from the end), '{member}' in agent texts becomes the "
-        "member's index.")
+        "member's index. A 'commit' section (only with 'debate') executes the approved plan "
+        "on simulated resources with injected faults.")
     return schema
 
 

@@ -80,8 +80,12 @@ class SweepReport:
 def _failure(run: dict[str, Any]) -> dict[str, Any]:
     keys = ("scenario", "n", "seed", "safety", "liveness", "committed", "requests", "repro",
             "error")
+    # A debate's or a commit's missed expectation says what was missed.
+    missed = [why for part in ("debate", "commit")
+              for why in (run.get(part) or {}).get("expect_failures", [])]
     return {**{key: run.get(key) for key in keys},
-            "violations": run["violations"][:VIOLATIONS_PER_FAILURE]}
+            "violations": run["violations"][:VIOLATIONS_PER_FAILURE],
+            **({"expect_failures": missed} if missed else {})}
 
 
 # ------------------------------------------------------------------ workers

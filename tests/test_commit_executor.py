@@ -262,19 +262,64 @@ def test_an_in_doubt_step_is_compensated_when_its_retries_time_out():
 def test_a_late_answer_after_a_timeout_is_ignored_and_counted():
     ex = executor()
     [first] = ex.start(0)
-    assert first == RunStep(first.call, 1) and ex.next_deadline_ms() == DEFAULT_STEP_TIMEOUT_MS
+    assert first == RunStep(first.call, 1, call_id=1)
+    assert ex.next_deadline_ms() == DEFAULT_STEP_TIMEOUT_MS
     assert ex.handle_timer(DEFAULT_STEP_TIMEOUT_MS - 1) == []
     [record] = ex.handle_timer(DEFAULT_STEP_TIMEOUT_MS)
     assert record.attempt.error_code == "timeout"
     # The answer of the timed-out attempt arrives during the backoff, then after the retry.
     assert ex.step_done(0, OK, DEFAULT_STEP_TIMEOUT_MS + 1) == []
     [retry] = ex.handle_timer(ex.next_deadline_ms())
-    assert retry == RunStep(first.call, 2)
+    assert retry == RunStep(first.call, 2, call_id=2)
     assert ex.step_done(0, OK, ex.next_deadline_ms() - 1, attempt=1) == []
     assert ex.step_done(1, OK, ex.next_deadline_ms() - 1) == []  # not the step in flight
-    assert ex.late_results == 3
-    effects = ex.step_done(0, OK, ex.next_deadline_ms() - 1, attempt=2)
+    assert ex.step_done(0, OK, ex.next_deadline_ms() - 1, call_id=1) == []  # an old call
+    assert ex.late_results == 4
+    effects = ex.step_done(0, OK, ex.next_deadline_ms() - 1, attempt=2, call_id=2)
     assert [type(e) for e in effects] == [AttemptRecord, RunStep]
+
+
+def test_a_late_apply_answer_is_not_taken_for_the_compensation_that_followed():
+    # Step 1's apply times out for good (one attempt), so step 1 (in doubt) and step 0 are
+    # compensated; the timed-out apply's answer arrives while step 1's compensation -- also
+    # attempt 1 of its call -- is in flight: only the call id tells them apart.
+    ex = executor(policy=RetryPolicy(max_attempts=1))
+    [run0] = ex.start(0)
+    [_, run1] = ex.step_done(0, OK, 1, call_id=run0.call_id)
+    [_, compensate1] = ex.handle_timer(ex.next_deadline_ms())
+    assert isinstance(compensate1, Compensate) and compensate1.call.index == 1
+    assert compensate1.attempt == run1.attempt == 1 and compensate1.call_id != run1.call_id
+    assert ex.step_done(1, OK, 10, attempt=1, call_id=run1.call_id) == []
+    [_, compensate0] = ex.step_done(1, OK, 11, call_id=compensate1.call_id)
+    assert compensate0.call.index == 0
+
+
+def test_a_step_whose_earlier_apply_timed_out_is_compensated_when_its_retry_fails():
+    # The first apply of step 0 timed out (it may have taken effect), the retry fails for
+    # good: step 0 is in doubt and is compensated although its last attempt did not time out.
+    ex = executor(policy=RetryPolicy(max_attempts=2, base_backoff_ms=0, max_backoff_ms=0))
+    ex.start(0)
+    ex.handle_timer(ex.next_deadline_ms())            # attempt 1: timeout
+    [retry] = ex.handle_timer(ex.next_deadline_ms())  # attempt 2 issued
+    effects = ex.step_done(0, fail("permanent"), 5, call_id=retry.call_id)
+    assert isinstance(effects[-1], Compensate) and effects[-1].call.index == 0
+
+
+def test_a_takeover_that_fails_compensates_every_step_not_known_unapplied():
+    # Resumed with nothing known: step 0 is found applied, the query of step 1 fails for
+    # good. The crashed submitter may have applied 1 and 2 as well: 2, 1 and 0 are
+    # compensated, last first.
+    ex = executor(policy=RetryPolicy(max_attempts=1))
+    [query0] = ex.resume({}, 0)
+    [_, query1] = ex.step_done(0, StepOutcome(ok=True, already_applied=True), 1,
+                               call_id=query0.call_id)
+    effects = ex.step_done(1, fail("permanent"), 2, call_id=query1.call_id)
+    undone = [effects[-1].call.index]
+    while not ex.done:
+        last = effects[-1]
+        effects = ex.step_done(last.call.index, OK, 3, call_id=last.call_id)
+        undone += [e.call.index for e in effects if isinstance(e, Compensate)]
+    assert undone == [2, 1, 0] and ex.result.result == "rolled_back"
 
 
 @pytest.mark.parametrize("code", ["permission_denied", "invalid_step"])

@@ -39,8 +39,10 @@ client_ids = st.text(min_size=1, max_size=MAX_ID_LENGTH)
 
 MESSAGES = st.one_of(
     st.builds(Request, client=client_ids, timestamp=counters, operation=st.binary(max_size=256)),
-    st.builds(PrePrepare, view=counters, seq=counters, digest=digests, timestamp=counters,
-              replica=replica_ids, batch=st.lists(st.binary(max_size=64), max_size=8).map(tuple)),
+    st.tuples(counters, counters).map(sorted).flatmap(lambda views: st.builds(
+        PrePrepare, view=st.just(views[1]), origin_view=st.just(views[0]), seq=counters,
+        digest=digests, timestamp=counters, replica=replica_ids,
+        batch=st.lists(st.binary(max_size=64), max_size=8).map(tuple))),
     st.builds(Prepare, view=counters, seq=counters, digest=digests, replica=replica_ids),
     st.builds(Commit, view=counters, seq=counters, digest=digests, replica=replica_ids),
     st.builds(Reply, view=counters, seq=counters, timestamp=counters, client=client_ids,
@@ -90,9 +92,11 @@ def test_every_message_type_round_trips_through_body_and_envelope(message):
     ({"type": "request", "client": "c", "timestamp": 1, "operation": "text"}, "operation"),
     ({"type": "request", "client": "", "timestamp": 1, "operation": b""}, "client"),
     ({"type": "pre-prepare", "view": 0, "seq": 1, "digest": b"x" * 32, "timestamp": 0,
-      "replica": 0, "batch": [b""] * (MAX_BATCH_SIZE + 1)}, "batch"),
+      "origin_view": 0, "replica": 0, "batch": [b""] * (MAX_BATCH_SIZE + 1)}, "batch"),
     ({"type": "pre-prepare", "view": 0, "seq": 1, "digest": b"x" * 32, "timestamp": 0,
-      "replica": 0, "batch": ["not bytes"]}, "batch"),
+      "origin_view": 0, "replica": 0, "batch": ["not bytes"]}, "batch"),
+    ({"type": "pre-prepare", "view": 2, "seq": 1, "digest": b"x" * 32, "timestamp": 0,
+      "origin_view": 3, "replica": 0, "batch": []}, "origin_view is after"),
 ])
 def test_schema_violations_are_decode_errors(fields, reason):
     with pytest.raises(DecodeError, match=reason):

@@ -36,8 +36,9 @@ def pre_prepare(g: Genesis, seq: int, requests, view: int = 0):
     batch = tuple(r.raw for r in requests)
     ts = int(NOW * 1000)
     primary = view % g.committee.n
-    return g.sign(PrePrepare(view=view, seq=seq, timestamp=ts, replica=primary, batch=batch,
-                             digest=batch_digest(ts, batch)), primary)
+    return g.sign(PrePrepare(view=view, seq=seq, timestamp=ts, origin_view=view,
+                             replica=primary, batch=batch,
+                             digest=batch_digest(ts, batch, view)), primary)
 
 
 def persisted(effects) -> list[Persist]:

@@ -10,7 +10,7 @@ from bftdeliberate import kv
 from bftdeliberate.pbft.config import ReplicaConfig
 from bftdeliberate.pbft.effects import Broadcast, Evidence, Persist, Send
 from bftdeliberate.pbft.replica import batch_digest
-from bftdeliberate.wire.messages import Commit, Prepare, PrePrepare, Request
+from bftdeliberate.wire.messages import _ENVELOPE_PREFIX, Commit, Prepare, PrePrepare, Request
 
 NOW = 100.0
 
@@ -25,8 +25,8 @@ def pre_prepare(genesis: Genesis, seq: int = 1, view: int = 0, requests=(), dige
                 primary: int = 0, timestamp: int = int(NOW * 1000)):
     batch = tuple(r.raw for r in requests)
     return genesis.sign(
-        PrePrepare(view=view, seq=seq, timestamp=timestamp, replica=primary, batch=batch,
-                   digest=digest or batch_digest(timestamp, batch)),
+        PrePrepare(view=view, seq=seq, timestamp=timestamp, origin_view=view, replica=primary,
+                   batch=batch, digest=digest or batch_digest(timestamp, batch, view)),
         primary,
     )
 
@@ -134,7 +134,7 @@ def test_flipped_signature_bit_is_dropped_without_state(genesis4):
     backup = g.replica(1)
     proposal = pre_prepare(g, requests=[request(g)])
     tampered = bytearray(proposal.raw)
-    tampered[-1] ^= 0x01  # the signature is the last field of the envelope
+    tampered[len(_ENVELOPE_PREFIX)] ^= 0x01  # the signature's first byte
     assert backup.receive(0, bytes(tampered), NOW) == []
     assert backup.stats.dropped["bad-signature"] == 1
     assert backup.log_size() == 0
@@ -339,8 +339,8 @@ def test_a_backup_keeps_suspecting_the_primary_for_a_newer_proposed_request_of_a
     digests = {}
     for seq in (1, 2):
         request = g.sign(Request(client="client-0", timestamp=seq, operation=b"op"), "client-0")
-        digests[seq] = batch_digest(timestamp_ms, (request.raw,))
-        proposal = g.sign(PrePrepare(view=0, seq=seq, digest=digests[seq],
+        digests[seq] = batch_digest(timestamp_ms, (request.raw,), 0)
+        proposal = g.sign(PrePrepare(view=0, seq=seq, digest=digests[seq], origin_view=0,
                                      timestamp=timestamp_ms, replica=0, batch=(request.raw,)), 0)
         backup.receive(0, proposal.raw, now)
     backup.receive(2, g.sign(Prepare(view=0, seq=1, digest=digests[1], replica=2), 2).raw, now)

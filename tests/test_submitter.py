@@ -49,7 +49,7 @@ def run_to_end(core: Submitter, effects, answer=lambda call: OK, now: int = NOW)
     while pending:
         call = pending.pop(0)
         more = core.call_done(call.commit_id, call.call.call.index, call.call.attempt,
-                              answer(call.call), now)
+                              answer(call.call), now, call_id=call.call.call_id)
         seen += more
         pending += [e for e in more if isinstance(e, CallHandler)]
     return seen
@@ -235,6 +235,21 @@ def test_a_stalled_commit_gets_watchdog_ticks_so_a_dead_submitter_is_voted_out()
     assert watcher.next_deadline_ms() == at["at_ms"] + 1_000
     tick = watcher.poll(debate.ledger, 0, at["at_ms"] + 1_000)
     assert [e.op for e in tick] == [Tick()] and watcher.stats["watchdog_ticks"] == 1
-    watcher.op_settled(tick[0].key, ordered=False)
-    assert watcher.poll(debate.ledger, 0, at["at_ms"] + 1_500) == []  # not before stall_ms
-    assert [e.op for e in watcher.poll(debate.ledger, 0, at["at_ms"] + 2_000)] == [Tick()]
+    watcher.op_settled(tick[0].key, ordered=True)
+    # A live primary orders the ticks and nothing changes: the interval doubles.
+    assert watcher.poll(debate.ledger, 0, at["at_ms"] + 2_999) == []
+    assert [e.op for e in watcher.poll(debate.ledger, 0, at["at_ms"] + 3_000)] == [Tick()]
+
+
+def test_an_approved_task_without_an_intent_is_watched_too():
+    debate = Debate()
+    task = approved_task(debate, PLAN)
+    decided = debate.status(task)["closed_ms"]
+    # The primary (agent-0) died right after the approval: no intent will come.
+    watcher = submitter("agent-2", stall_ms=1_000)
+    assert watcher.poll(debate.ledger, 0, decided + 999) == []
+    assert [e.op for e in watcher.poll(debate.ledger, 0, decided + 1_000)] == [Tick()]
+    # The primary of the view itself does not watch what it owes: it orders the intent.
+    primary = submitter("agent-0", stall_ms=1_000)
+    assert [type(e.op) for e in primary.poll(debate.ledger, 0, decided + 1_000)] == [
+        CommitIntent]

@@ -47,8 +47,9 @@ def request(g: Genesis, timestamp: int, client: str = "client-0"):
 def proposal(g: Genesis, view: int, seq: int, timestamp: int = 5):
     batch = (request(g, timestamp).raw,)
     n = g.committee.n
-    return g.sign(PrePrepare(view=view, seq=seq, timestamp=timestamp, replica=view % n,
-                             batch=batch, digest=batch_digest(timestamp, batch)), view % n)
+    return g.sign(PrePrepare(view=view, seq=seq, timestamp=timestamp, origin_view=view,
+                             replica=view % n, batch=batch,
+                             digest=batch_digest(timestamp, batch, view)), view % n)
 
 
 def certificate(g: Genesis, view: int, seq: int, timestamp: int = 5, prepares: int | None = None):
@@ -127,12 +128,12 @@ def test_prepared_certificate_rejects_wrong_primary_view_range_and_batch():
         check_prepared(certificate(g, 1, L + 1), new_view=2, **args)
     # A pre-prepare signed by a member that is not the primary of its view.
     batch = (request(g, 5).raw,)
-    impostor = g.sign(PrePrepare(view=1, seq=4, timestamp=5, replica=3, batch=batch,
-                                 digest=batch_digest(5, batch)), 3)
+    impostor = g.sign(PrePrepare(view=1, seq=4, timestamp=5, origin_view=1, replica=3,
+                                 batch=batch, digest=batch_digest(5, batch, 1)), 3)
     with pytest.raises(InvalidCertificate, match="not from the primary 1"):
         check_prepared((impostor.raw,), new_view=2, **args)
-    lying = g.sign(PrePrepare(view=1, seq=4, timestamp=5, replica=1, batch=batch,
-                              digest=b"\x33" * 32), 1)
+    lying = g.sign(PrePrepare(view=1, seq=4, timestamp=5, origin_view=1, replica=1,
+                              batch=batch, digest=b"\x33" * 32), 1)
     with pytest.raises(InvalidCertificate, match="does not hash"):
         check_prepared((lying.raw,), new_view=2, **args)
     with pytest.raises(InvalidCertificate, match="bad pre-prepare signature"):
@@ -217,12 +218,14 @@ def test_o_set_takes_the_highest_view_and_fills_gaps_with_null_requests():
     assert plan.entries[1].view == 3  # the certificate from the higher view wins
     assert plan.entries[2] is None and plan.entries[3] is None
     null = plan.pre_prepare(2, primary=5)
-    assert null.batch == () and null.digest == batch_digest(0, ())
+    assert null.batch == () and null.digest == batch_digest(0, (), 5)
+    assert null.origin_view == 5
     # Re-proposed at the same seq with the same batch and agreed timestamp.
     again = plan.pre_prepare(4, primary=5)
     old = plan.entries[4].pre_prepare.message
     assert (again.view, again.seq, again.batch, again.timestamp, again.digest) == (
         5, 4, old.batch, old.timestamp, old.digest)
+    assert again.origin_view == old.origin_view == old.view < 5  # the view it was agreed in
 
 
 def test_o_set_without_certificates_is_empty():
@@ -270,8 +273,8 @@ def test_backups_recompute_the_o_set_and_reject_any_difference():
     plan, pre_prepares = check_nv(g, new_view(g, 5, changes))
     assert list(plan.entries) == [1, 2] and len(pre_prepares) == 2
     honest = [g.sign(plan.pre_prepare(s, 5), 5).raw for s in plan.entries]
-    substituted = g.sign(PrePrepare(view=5, seq=2, timestamp=5, replica=5, batch=(),
-                                    digest=batch_digest(5, ())), 5).raw
+    substituted = g.sign(PrePrepare(view=5, seq=2, timestamp=5, origin_view=5, replica=5,
+                                    batch=(), digest=batch_digest(5, (), 5)), 5).raw
     tampered = {
         "O set has 1 entries": [honest[1]],  # an entry omitted
         "differs from the recomputed": [honest[0], substituted],  # a batch replaced
@@ -431,8 +434,9 @@ def test_a_primary_never_prepares_its_own_proposal_relayed_back_to_it():
     # a PREPARE from the primary invalidates every certificate it appears in.
     g = make_genesis(4)
     primary = g.replica(0, CONFIG)
-    proposal = g.sign(PrePrepare(view=0, seq=1, timestamp=int(NOW * 1000), replica=0,
-                                 batch=(request(g, 1).raw,),
-                                 digest=batch_digest(int(NOW * 1000), (request(g, 1).raw,))), 0)
+    proposal = g.sign(PrePrepare(view=0, seq=1, timestamp=int(NOW * 1000), origin_view=0,
+                                 replica=0, batch=(request(g, 1).raw,),
+                                 digest=batch_digest(int(NOW * 1000), (request(g, 1).raw,), 0)),
+                      0)
     assert primary.receive(2, proposal.raw, NOW) == []
     assert primary.stats.dropped["from-self"] == 1

@@ -277,7 +277,7 @@ class SubmitterLoop:
                           agent=self.name, step=call.call.index)
                 os.kill(os.getpid(), signal.SIGKILL)
         self._perform(self.core.call_done(effect.commit_id, call.call.index, call.attempt,
-                                          outcome, self._now_ms()))
+                                          outcome, self._now_ms(), call_id=call.call_id))
         self._poke()
 
 

@@ -108,10 +108,12 @@ class RetryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class RunStep:
-    """Apply the step (``attempt`` 1-based; pass it back to ``step_done``)."""
+    """Apply the step (``attempt`` 1-based). Pass ``call_id`` back to ``step_done``: it
+    names this very call (attempts restart for each call of a step, call ids never)."""
 
     call: StepCall
     attempt: int
+    call_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,7 @@ class Compensate:
 
     call: StepCall
     attempt: int = 1
+    call_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,7 @@ class QueryApplied:
 
     call: StepCall
     attempt: int = 1
+    call_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +166,12 @@ class CommitExecutor:
         self._phase: Literal["new", "forward", "rollback", "done"] = "new"
         self._resumed = False
         self._known: dict[int, bool] = {}
+        #: Steps known not applied (the WAL or a query said so) and not applied by us since.
+        self._not_applied: set[int] = set()
+        #: Steps an apply of which timed out: it may have taken effect (in doubt).
+        self._timed_out: set[int] = set()
+        #: Id of the current call; answers carrying another id are late.
+        self._call_id = 0
         # The current call: which step, what for, which attempt, and its timers.
         self._index = 0
         self._action: Literal["apply", "compensate", "query", "check"] = "apply"
@@ -222,15 +232,19 @@ class CommitExecutor:
         self._begin()
         self._resumed = True
         self._known = dict(applied)
+        self._not_applied = {index for index, was in applied.items() if not was}
         return self._step(0, now_ms)
 
     def step_done(self, index: int, outcome: StepOutcome, now_ms: int, *,
-                  attempt: int | None = None) -> list[Effect]:
-        """A handler answered the call for step ``index`` (of attempt ``attempt``, if the
-        driver tracks it). An answer nobody waits for -- its attempt timed out, or the commit
-        is over -- is ignored and counted in :attr:`late_results`."""
+                  attempt: int | None = None, call_id: int | None = None) -> list[Effect]:
+        """A handler answered the call for step ``index`` (of attempt ``attempt`` and call
+        ``call_id``, if the driver tracks them -- drivers should pass ``call_id``: only it
+        tells an apply's late answer from the answer of the compensation that followed). An
+        answer nobody waits for -- its call timed out, or the commit is over -- is ignored and
+        counted in :attr:`late_results`."""
         if (not self._in_flight or index != self._index
-                or (attempt is not None and attempt != self._attempt)):
+                or (attempt is not None and attempt != self._attempt)
+                or (call_id is not None and call_id != self._call_id)):
             self.late_results += 1
             return []
         return self._answered(outcome, now_ms)
@@ -274,12 +288,13 @@ class CommitExecutor:
                now_ms: int) -> list[Effect]:
         self._action = action
         self._attempt += 1
+        self._call_id += 1
         if action == "apply":
             self._apply_attempts[self._index] = self._attempt
         self._in_flight = True
         self._started_ms = now_ms
         self._deadline_ms = now_ms + self.intent.steps[self._index].timeout_ms
-        return [_CALL_EFFECTS[action](self._call(self._index), self._attempt)]
+        return [_CALL_EFFECTS[action](self._call(self._index), self._attempt, self._call_id)]
 
     def _new_call(self, index: int, action: Literal["apply", "compensate", "query"],
                   now_ms: int) -> list[Effect]:
@@ -322,6 +337,8 @@ class CommitExecutor:
         code = None
         if not outcome.ok:
             code = outcome.error_code if outcome.error_code in ERROR_CODES else FALLBACK_ERROR_CODE
+        if self._action == "apply" and code == "timeout":
+            self._timed_out.add(self._index)
         retry = code in RETRYABLE_CODES and self._attempt < self.policy.max_attempts
         effects: list[Effect] = [self._record(outcome, code, retry, now_ms)]
         if retry:
@@ -337,7 +354,10 @@ class CommitExecutor:
                 steps=tuple(self._compensated), result="failed", failed_step=index,
                 error_code=code))
         if code is None:
+            if self._action == "apply":
+                self._not_applied.discard(index)
             if self._action == "query" and not outcome.already_applied:
+                self._not_applied.add(index)
                 # Later steps are still asked about: a step that leaves no key behind (a
                 # read) may look "not applied" although the earlier submitter went past it.
                 return effects + self._new_call(index, "apply", now_ms)
@@ -354,8 +374,15 @@ class CommitExecutor:
         self._errors[index] = code
         self._failed_step, self._error_code = index, code
         self._phase = "rollback"
-        in_doubt = [index] if code == "timeout" else []
-        self._to_compensate = in_doubt + list(reversed(self._completed))
+        if self._resumed:
+            # A takeover: the crashed submitter may have applied any step not known to be
+            # unapplied -- compensate all of them, last first (a never-applied key is fenced).
+            self._to_compensate = [i for i in reversed(range(len(self.intent.steps)))
+                                   if i in self._completed or i not in self._not_applied
+                                   or i in self._timed_out]
+        else:
+            in_doubt = [index] if code == "timeout" or index in self._timed_out else []
+            self._to_compensate = in_doubt + list(reversed(self._completed))
         if not self._to_compensate:
             if code in ("permission_denied", "invalid_step"):
                 return self._finish("permission_denied")

@@ -33,11 +33,13 @@ Rules:
   abandoned: no further call is issued for it (its result would be refused anyway).
 * The result is ordered until the ledger holds a result for the commit (sent again after a
   call that was not ordered).
-* Watchdog: every member watches granted commits without a result. When the latest intent
-  is older than ``stall_ms`` (agreed intent time against this member's clock) and the
-  commit is not this member's to run, it orders a ``tick``, again every ``stall_ms``. A
-  crashed submitter leaves no request behind to time out; the tick is one, so a dead
-  primary is voted out by the view change and the next primary takes the commit over.
+* Watchdog: every member watches granted commits without a result, and commit-ready tasks
+  without an intent. When one has waited ``stall_ms`` (agreed intent or decision time
+  against this member's clock) and it is not this member's to act on, it orders a
+  ``tick``, then again after a doubling interval (at most ``MAX_WATCH_BACKOFF`` times
+  ``stall_ms``). A crashed primary leaves no request behind to time out; the tick is one,
+  so a dead primary is voted out by the view change and the next primary takes over. (A
+  live primary orders the ticks and nothing else happens: hence the backoff.)
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ MAX_RUNNING_COMMITS = 16
 MAX_PENDING_RESULTS = 1024
 #: A granted commit without a result for this long gets a watchdog tick (see above).
 DEFAULT_STALL_MS = 10_000
+#: The watchdog's interval doubles per tick up to this multiple of ``stall_ms``.
+MAX_WATCH_BACKOFF = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +154,8 @@ class Submitter:
             raise ValueError("stall_ms must be >= 1")
         self.member = member
         self.stall_ms = stall_ms
-        #: Watched commits: the local time of the next watchdog tick.
-        self._watch: dict[str, int] = {}
+        #: Watched commits and tasks: (local time of the next watchdog tick, ticks so far).
+        self._watch: dict[tuple[str, str], tuple[int, int]] = {}
         self.policy = policy or RetryPolicy()
         self._rng = rng
         self._check = check
@@ -197,25 +201,33 @@ class Submitter:
             elif (subject not in self._running and subject not in self._results
                   and len(self._running) < self._max_running):
                 effects += self._begin(book.status(subject), view, now_ms)
-        effects += self._watchdog(ledger, now_ms)
+        effects += self._watchdog(ledger, view, now_ms)
         return effects
 
-    def _watchdog(self, ledger: Ledger, now_ms: int) -> list[SubmitterEffect]:
+    def _watchdog(self, ledger: Ledger, view: int, now_ms: int) -> list[SubmitterEffect]:
         book = ledger.commits
-        watched: dict[str, int] = {}
-        effects: list[SubmitterEffect] = []
+        waiting: list[tuple[tuple[str, str], int]] = []
         for commit_id in book.in_doubt():
             status = book.status(commit_id)
-            if status["grant"] != "granted" or commit_id in self._running \
-                    or commit_id in self._results:
-                continue
-            due = self._watch.get(commit_id, status["intents"][-1]["at_ms"] + self.stall_ms)
-            key = ("watch", commit_id)
+            if status["grant"] == "granted" and commit_id not in self._running \
+                    and commit_id not in self._results:
+                waiting.append((("commit", commit_id), status["intents"][-1]["at_ms"]))
+        owed = {subject for kind, subject in ledger.commit_duties(self.member, view)
+                if kind == "intent"}
+        waiting += [(("task", task_id), ready_ms)
+                    for task_id, ready_ms in ledger.ready_without_commit()
+                    if task_id not in owed]
+        watched: dict[tuple[str, str], tuple[int, int]] = {}
+        effects: list[SubmitterEffect] = []
+        for subject, since_ms in waiting:
+            due, ticks = self._watch.get(subject, (since_ms + self.stall_ms, 0))
+            key = ("watch", ":".join(subject))
             if now_ms >= due and key not in self._pending_ops:
                 self.stats["watchdog_ticks"] += 1
                 effects.append(self._order(key, Tick()))
-                due = now_ms + self.stall_ms
-            watched[commit_id] = due
+                ticks += 1
+                due = now_ms + self.stall_ms * min(2 ** ticks, MAX_WATCH_BACKOFF)
+            watched[subject] = (due, ticks)
         self._watch = watched
         return effects
 
@@ -228,13 +240,15 @@ class Submitter:
             self._intents_sent.discard((task_id, int(view)))
 
     def call_done(self, commit_id: str, index: int, attempt: int, outcome: StepOutcome,
-                  now_ms: int) -> list[SubmitterEffect]:
+                  now_ms: int, *, call_id: int | None = None) -> list[SubmitterEffect]:
+        """A handler answered a :class:`CallHandler` (pass its ``call.call_id``: the answer
+        of a timed-out apply must not be taken for the compensation that followed it)."""
         executor = self._running.get(commit_id)
         if executor is None:
             self.stats["late_answers"] += 1
             return []
         return self._translate(executor, executor.step_done(index, outcome, now_ms,
-                                                            attempt=attempt))
+                                                            attempt=attempt, call_id=call_id))
 
     def handle_timer(self, now_ms: int) -> list[SubmitterEffect]:
         effects: list[SubmitterEffect] = []
@@ -249,7 +263,7 @@ class Submitter:
         watchdog tick) next has something to do, or ``None``."""
         deadlines = [d for e in self._running.values()
                      if (d := e.next_deadline_ms()) is not None]
-        return min([*deadlines, *self._watch.values()], default=None)
+        return min([*deadlines, *(due for due, _ in self._watch.values())], default=None)
 
     def settled(self, ledger: Ledger) -> bool:
         """Nothing executing or being ordered, and every result this member produced is held

@@ -117,7 +117,10 @@ def _result(**fields: Any) -> bytes:
 class Ledger:
     """The replicated deliberation state of one committee."""
 
-    def __init__(self, committee: Committee) -> None:
+    def __init__(self, committee: Committee, *,
+                 resource_limits: dict[str, int] | None = None) -> None:
+        """``resource_limits``: commits allowed at once per resource (default 1 each); part
+        of the replicated configuration, so equal at every member."""
         self.committee = committee
         members = committee.members
         self._roles = {m.name: frozenset(m.roles) for m in members}
@@ -129,7 +132,7 @@ class Ledger:
         self._rejection_counts: Counter[str] = Counter()
         self._stored_bytes = 0
         #: The commit layer's replicated part: intents, results, resource grants.
-        self.commits = CommitBook(committee)
+        self.commits = CommitBook(committee, resource_limits=resource_limits)
         self._rejection_log: list[dict[str, Any]] = []
 
     # -- StateMachine ----------------------------------------------------------------------
@@ -550,6 +553,13 @@ class Ledger:
         the commit layer."""
         task = self._tasks.get(task_id)
         return task is not None and task["state"] == "approved" and not self._audit_pending(task)
+
+    def ready_without_commit(self) -> list[tuple[str, int]]:
+        """Commit-ready tasks no intent was ordered for yet, with the agreed time they were
+        decided (the submitter watchdog's input)."""
+        return [(task_id, task["closed_ms"] or task["opened_ms"])
+                for task_id, task in self._tasks.items()
+                if self.commits.commit_of(task_id) is None and self.commit_ready(task_id)]
 
     def commit_duties(self, member: str, view: int) -> list[tuple[str, str]]:
         """What ``member`` owes as the single submitter of ``view`` (``CommitBook.duties``

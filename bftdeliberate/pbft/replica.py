@@ -546,10 +546,10 @@ class Replica:
         timestamp = max(int(now * 1000), self._last_batch_timestamp)
         self._last_batch_timestamp = timestamp
         raws = tuple(request.raw for request in batch)
-        digest = batch_digest(timestamp, raws)
+        digest = batch_digest(timestamp, raws, self.view)
         proposal = self._sign(
             PrePrepare(view=self.view, seq=seq, digest=digest, timestamp=timestamp,
-                       replica=self.id, batch=raws)
+                       origin_view=self.view, replica=self.id, batch=raws)
         )
         for request in batch:
             key = (request.message.client, request.message.timestamp)  # type: ignore[union-attr]
@@ -581,7 +581,9 @@ class Replica:
                 return self._drop("duplicate", sender, f"pre-prepare seq {message.seq}", now)
             effects = self._convict("equivocation", sender, slot.pre_prepare, signed)
             return effects + self._drop("conflicting-pre-prepare", sender, str(message.seq), now)
-        if batch_digest(message.timestamp, message.batch) != message.digest:
+        if (message.origin_view != message.view  # a fresh proposal is of its own view
+                or batch_digest(message.timestamp, message.batch, message.origin_view)
+                != message.digest):
             effects = self._convict("bad-digest", sender, signed)
             return effects + self._drop("digest-mismatch", sender, str(message.seq), now)
         if abs(message.timestamp - now * 1000) > self.config.timestamp_skew * 1000:
@@ -732,7 +734,10 @@ class Replica:
                 results.append(record.result if request.timestamp == record.timestamp else b"")
                 executed.append(False)
                 continue
-            ctx = ExecutionContext(seq=seq, view=slot.view, timestamp_ms=proposal.timestamp,
+            # The batch's origin view is agreed (bound by the digest); the slot's view is not
+            # (a replica that learned the batch from a NEW-VIEW holds the later view).
+            ctx = ExecutionContext(seq=seq, view=proposal.origin_view,
+                                   timestamp_ms=proposal.timestamp,
                                    client=request.client, request_timestamp=request.timestamp,
                                    index=index)
             try:
@@ -1205,7 +1210,8 @@ class Replica:
             replaceable = slot.pre_prepare is None or self._matching(
                 slot.commits, proposal.digest) > self._f
             if (replaceable and proposal.replica == proposal.view % self._n
-                    and batch_digest(proposal.timestamp, proposal.batch) == proposal.digest
+                    and batch_digest(proposal.timestamp, proposal.batch,
+                                     proposal.origin_view) == proposal.digest
                     and self._verify(signed)):
                 requests = self._valid_batch(proposal.batch)
                 if requests is not None:

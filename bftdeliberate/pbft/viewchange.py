@@ -102,11 +102,13 @@ class NewViewPlan:
         """The new view's PRE-PREPARE at ``seq`` (same batch and timestamp as certified)."""
         proof = self.entries[seq]
         if proof is None:
-            return PrePrepare(view=self.view, seq=seq, timestamp=NULL_TIMESTAMP, replica=primary,
-                              batch=(), digest=batch_digest(NULL_TIMESTAMP, ()))
+            return PrePrepare(view=self.view, seq=seq, timestamp=NULL_TIMESTAMP,
+                              origin_view=self.view, replica=primary, batch=(),
+                              digest=batch_digest(NULL_TIMESTAMP, (), self.view))
         old: PrePrepare = proof.pre_prepare.message  # type: ignore[assignment]
-        return PrePrepare(view=self.view, seq=seq, timestamp=old.timestamp, replica=primary,
-                          batch=old.batch, digest=old.digest)
+        return PrePrepare(view=self.view, seq=seq, timestamp=old.timestamp,
+                          origin_view=old.origin_view, replica=primary, batch=old.batch,
+                          digest=old.digest)
 
 
 def _decode(raw: bytes, kind: type, what: str) -> SignedMessage:
@@ -159,7 +161,7 @@ def check_prepared(envelopes: tuple[bytes, ...], *, new_view: int, low: int, win
     primary = view % n
     if proposal.replica != primary:
         raise InvalidCertificate(f"{where}: pre-prepare not from the primary {primary}")
-    if batch_digest(proposal.timestamp, proposal.batch) != digest:
+    if batch_digest(proposal.timestamp, proposal.batch, proposal.origin_view) != digest:
         raise InvalidCertificate(f"{where}: batch does not hash to the digest")
     if not verify(pre_prepare):
         raise InvalidCertificate(f"{where}: bad pre-prepare signature")

@@ -18,10 +18,18 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal, Self
 
 import cbor2
-from pydantic import BaseModel, ConfigDict, Field, Strict, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from bftdeliberate.errors import DecodeError, LocalError
 from bftdeliberate.wire import cbor
@@ -94,7 +102,11 @@ class PrePrepare(_Message):
     """The primary's proposal of ``batch`` (signed request envelopes) at (view, seq).
 
     ``timestamp`` (milliseconds) is the primary-assigned agreed time of the batch, bound by
-    ``digest`` so that every replica executes with the same clock reading.
+    ``digest`` so that every replica executes with the same clock reading. ``origin_view``
+    is the view the batch was first proposed in (``view`` itself in the normal case; the
+    certified pre-prepare's in a NEW-VIEW's re-proposal), also bound by ``digest``: it is the
+    view every replica passes to the application, whether it learned the batch in the
+    first view or from the NEW-VIEW.
     """
 
     type: Literal["pre-prepare"] = "pre-prepare"
@@ -102,8 +114,15 @@ class PrePrepare(_Message):
     seq: Counter
     digest: Digest
     timestamp: Counter
+    origin_view: Counter
     replica: ReplicaId
     batch: RequestBatch
+
+    @model_validator(mode="after")
+    def _origin_not_after_view(self) -> Self:
+        if self.origin_view > self.view:
+            raise ValueError("origin_view is after the pre-prepare's view")
+        return self
 
 
 
