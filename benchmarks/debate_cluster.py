@@ -205,10 +205,19 @@ def run(rounds: int = DEFAULT_ROUNDS, *, command: str | None = None,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
+    parser.add_argument("--plot", default=None, metavar="FILE.png",
+                        help="also draw the report as a PNG (pip install -e '.[plot]')")
     args = parser.parse_args(argv)
+    from benchmarks.plots import plot_debate, plot_option_error
+
+    if args.plot and (error := plot_option_error(args.plot)):
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
     report = run(args.rounds, command="python -m benchmarks.debate_cluster "
                                       f"--rounds {args.rounds}")
     print(json.dumps(report, indent=2))
+    if args.plot:
+        plot_debate(report, args.plot)
     return 0 if report["ok"] else 1
 
 

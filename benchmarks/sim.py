@@ -142,13 +142,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS)
     parser.add_argument("--profile", action="store_true", help="profile one run instead")
     parser.add_argument("--seed", type=int, default=1, help="the seed --profile runs")
+    parser.add_argument("--plot", default=None, metavar="FILE.png",
+                        help="also draw the report as a PNG (pip install -e '.[plot]')")
     args = parser.parse_args(argv)
+    from benchmarks.plots import plot_option_error, plot_sim
+
+    if args.plot and (error := plot_option_error(args.plot)):
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
     if args.profile:
         print(profile(args.scenario, args.n, args.requests, args.seed))
         return 0
     report = run(args.scenario, args.n, args.requests, args.seconds, args.jobs,
                  command="python -m benchmarks.sim " + " ".join(argv or sys.argv[1:]))
     print(json.dumps(report, indent=2))
+    if args.plot:
+        plot_sim(report, args.plot)
     return 0 if report["missed_expectation"] == 0 else 1
 
 

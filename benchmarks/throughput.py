@@ -819,11 +819,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--plot", default=None, metavar="FILE.png",
+                        help="also draw the report as a PNG (pip install -e '.[plot]')")
     args = parser.parse_args(argv)
+    from benchmarks.plots import plot_option_error, plot_throughput
+
+    if args.plot and (error := plot_option_error(args.plot)):
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
     report = run(args.n, args.clients, duration=args.duration, warmup=args.warmup,
                  loadgens=args.loadgens, batch_size=args.batch_size, profile=args.profile,
                  keep=args.keep, command="python -m benchmarks.throughput " + " ".join(argv))
     print(json.dumps(report, indent=2))
+    if args.plot:
+        plot_throughput(report, args.plot)
     return 0 if report["ok"] else 1
 
 

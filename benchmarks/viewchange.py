@@ -357,13 +357,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS)
     parser.add_argument("--fail-at-s", type=float, default=None,
                         help="crash the primary at this simulated time instead")
+    parser.add_argument("--plot", default=None, metavar="FILE.png",
+                        help="also draw the report as a PNG (pip install -e '.[plot]')")
     args = parser.parse_args(argv)
+    from benchmarks.plots import plot_option_error, plot_viewchange
+
+    if args.plot and (error := plot_option_error(args.plot)):
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
     report = run(args.n, args.seeds, fail_at_s=args.fail_at_s,
                  command="python -m benchmarks.viewchange " + " ".join(
                      argv if argv is not None else sys.argv[1:]))
     print(json.dumps(report, indent=2))
+    if args.plot:
+        plot_viewchange(report, args.plot)
     return 0 if report["ok"] else 1
 
 

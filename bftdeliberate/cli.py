@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
+import importlib.util
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -563,6 +564,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="seeds A..B-1")
     sim_sweep.add_argument("--jobs", type=_positive, default=None,
                            help="worker processes (default: CPU count)")
+    sim_sweep.add_argument("--executor", choices=["local", "dask"], default="local",
+                           help="local: a process pool (default); dask: Dask distributed, "
+                                "a local cluster of --jobs workers or --scheduler's (extra "
+                                "'distributed'); the results are the same on either")
+    sim_sweep.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                           help="with --executor dask: a running scheduler, e.g. "
+                                "tcp://10.0.0.5:8786 (its workers need bftdeliberate)")
     sim_sweep.add_argument("--json", action="store_true", help="print the report as JSON")
     sim_sweep.set_defaults(handler=cmd_sim_sweep)
     sim_schema = _command(sim, "schema", "print the JSON Schema of scenario spec v1",
@@ -997,6 +1005,12 @@ def cmd_sim_sweep(args: argparse.Namespace, console: Console) -> int:
     from simulator.spec import builtin_names, load_builtin, load_file
     from simulator.sweep import default_jobs, sweep
 
+    if args.scheduler is not None and args.executor != "dask":
+        raise ConfigError("--scheduler is an option of --executor dask")
+    if args.executor == "dask" and importlib.util.find_spec("distributed") is None:
+        raise ConfigError("--executor dask needs Dask distributed: pip install -e "
+                          "'.[distributed]'")
+
     known = builtin_names()
     names = []
     for entry in ["*"] if args.scenarios.strip() == "all" else args.scenarios.split(","):
@@ -1048,7 +1062,8 @@ def cmd_sim_sweep(args: argparse.Namespace, console: Console) -> int:
             progress.update(task, advance=1, failed=missed[0])
 
         report = sweep(scenarios, args.n, seeds, jobs=jobs, on_result=advance,
-                       skip=frozenset(skip))
+                       skip=frozenset(skip), executor=args.executor,
+                       scheduler=args.scheduler)
     code = EXIT_OK if report.ok else EXIT_FAILED
     if args.json:
         print(json.dumps({**report.as_dict(), "skipped": [
