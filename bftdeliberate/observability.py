@@ -252,7 +252,7 @@ _log = logging.getLogger(f"{LOGGER_NAME}.metrics")
 _COUNTERS = (
     ("committed_ops", "bftd_committed_ops", "Client operations executed after commit."),
     ("committed_batches", "bftd_committed_batches", "Request batches executed after commit."),
-    ("view_changes", "bftd_view_changes", "Views this member has moved to."),
+    ("view_changes", "bftd_view_changes", "Views this member has entered after a view change."),
     ("state_transfers", "bftd_state_transfers", "State transfers completed."),
     ("verifications", "bftd_signature_verifications", "Signature verifications performed."),
     ("verify_cache_hits", "bftd_verify_cache_hits", "Verifications answered from the cache."),

@@ -396,7 +396,7 @@ class Peer:
         self._logged_view = (replica.view, replica.view_active)
         event = "view entered" if replica.view_active else "view change started"
         logger.warning(event, extra={"fields": self._position() | {
-            "primary": replica.primary, "view_changes": replica.stats.new_views}})
+            "primary": replica.primary, "view_changes": replica.stats.views_entered}})
         if self.config.on_view_change is not None:
             self.config.on_view_change(replica.view, replica.view_active)
 
@@ -426,7 +426,7 @@ class Peer:
             "last_executed": replica.last_executed, "stable_checkpoint": replica.low_watermark,
             "state_digest": replica.state_digest().hex(),
             "committed_ops": stats.executed_requests, "committed_batches": stats.executed_batches,
-            "view_changes": stats.new_views, "state_transfers": stats.state_transfers,
+            "view_changes": stats.views_entered, "state_transfers": stats.state_transfers,
             "rejected": dict(stats.dropped),
             "send_queue": transport.send_queue_depths(),
             "send_dropped": dict(transport.stats.send_dropped),

@@ -255,9 +255,8 @@ class Cluster:
             "heal_to_converged_seconds": round(time.monotonic() - healed_at, 2),
             "isolated_state_transfers": after[member]["transfers"]
             - before[member]["transfers"],
-            # bftd_view_changes_total: the peer exports NEW-VIEWs sent under this name (see
-            # bftdeliberate/peer.py), so only the new primary counts one.
-            "new_views_sent": {m: s["view_changes"] for m, s in after.items()},
+            # bftd_view_changes_total: views each member entered after a view change.
+            "views_entered": {m: s["view_changes"] for m, s in after.items()},
             "converged": {"seq": after[0]["seq"], "view": after[0]["view"],
                           "digest": after[0]["digest"]},
             "_before": before, "_during": during, "_after": after,

@@ -152,7 +152,9 @@ class ReplicaStats:
     state_transfers: int = 0
     view_changes: int = 0
     caught_up: int = 0
+    #: NEW-VIEWs this replica sent (as the new primary) and views it entered (any role).
     new_views: int = 0
+    views_entered: int = 0
     executed_requests: int = 0
     executed_batches: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
@@ -1096,6 +1098,7 @@ class Replica:
         if requests is None:
             requests = [self._batch_requests(p) for p in pre_prepares]
         self.view_active = True
+        self.stats.views_entered += 1
         self._new_view = new_view
         self._own_view_change = None
         self._view_changes = {m: c for m, c in self._view_changes.items() if c.view > self.view}
