@@ -126,6 +126,7 @@ async def open_local_committee(
                 committee, i, keys[i], app=ledger,
                 on_execute=lambda e, hooks=hooks: [hook(e) for hook in hooks] and None,
                 on_view_change=None if submitter is None else submitter.on_view_change,
+                snapshot_extra=None if submitter is None else submitter.metrics,
                 listeners=[listeners[i]], addresses=addresses,
                 data_dir=None if data_dir is None or volatile else data_dir,
                 replica_config=replica_config or ReplicaConfig()))

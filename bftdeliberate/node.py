@@ -354,7 +354,8 @@ def node_run(*, member: int, committee_path: Path, key_path: Path, data_dir: Pat
                 listen=listen_address, metrics_port=metrics_port, lost_disk=lost_disk,
                 app=app, on_execute=(lambda e: [hook(e) for hook in hooks] and None)
                 if hooks else None,
-                on_view_change=None if submitter is None else submitter.on_view_change)
+                on_view_change=None if submitter is None else submitter.on_view_change,
+                snapshot_extra=None if submitter is None else submitter.metrics)
             await _serve(peer_config, loop, submitter)
 
     async def _serve(peer_config: Any, loop: Any, submitter: Any) -> None:

@@ -267,6 +267,9 @@ _LABELLED_COUNTERS = (
     ("rejected", "bftd_rejected_messages", "reason", "Messages dropped, by reason."),
     ("send_dropped", "bftd_send_dropped", "peer", "Outbound messages dropped on overflow."),
     ("handshakes_refused", "bftd_handshakes_refused", "reason", "Connections refused."),
+    ("commit_events", "bftd_commit_events", "event",
+     ("Commit-layer events of this member's submitter (intents, calls by action and result, "
+      "retries, results by outcome, takeovers, watchdog ticks).")),
 )
 # (snapshot key, family name, help)
 _GAUGES = (

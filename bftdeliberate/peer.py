@@ -141,6 +141,9 @@ class PeerConfig:
     on_execute: Callable[[Execute], None] | None = None
     #: Called (inside the peer's step: no IO) when the replica's view or its activity changed.
     on_view_change: Callable[[int, bool], None] | None = None
+    #: More snapshot entries (metrics) from what runs beside the peer, e.g. the submitter's
+    #: ``{"commit_events": {...}}``; read at scrape time.
+    snapshot_extra: Callable[[], dict[str, Any]] | None = None
 
 
 @dataclass(slots=True)
@@ -442,6 +445,7 @@ class Peer:
             "log_bytes": getattr(self.disk, "size_bytes", 0),
             "evidence": dict(self.stats.evidence),
             "core_errors": self.stats.core_errors,
+            **(self.config.snapshot_extra() if self.config.snapshot_extra is not None else {}),
         }
 
 

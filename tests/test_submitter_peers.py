@@ -9,6 +9,7 @@ import sqlite3
 import pytest
 import trio
 from conftest import make_genesis
+from prometheus_client import generate_latest
 
 from bftdeliberate.agents.submitter import AUDIT_FILE_NAME, WAL_FILE_NAME
 from bftdeliberate.audit.events import read_audit_log
@@ -20,6 +21,7 @@ from bftdeliberate.commit.wal import verify_wal
 from bftdeliberate.deliberation.ops import OpenTask
 from bftdeliberate.deliberation.scripts import Script, ScriptedDebater
 from bftdeliberate.demo import open_local_committee
+from bftdeliberate.observability import metrics_registry
 
 GENESIS = make_genesis(4, clients=1)
 NAMES = [m.name for m in GENESIS.committee.members]
@@ -79,6 +81,13 @@ async def test_the_primary_commits_the_approved_plan_once_and_every_member_agree
             task_id = await debate_and_commit(local)
             statuses = [m.ledger.commits.status(m.ledger.commits.commit_of(task_id))
                         for m in local.members]
+            snapshot = local.members[0].peer.snapshot()
+    # The submitter's counters reach the member's metrics.
+    events = snapshot["commit_events"]
+    assert events["commit_begun"] == 1 and events["apply_ok"] == 3
+    assert events["result_committed"] == 1 and events["intents"] == 1
+    exposition = generate_latest(metrics_registry(lambda: snapshot)).decode()
+    assert 'bftd_commit_events_total{event="result_committed",member="0"} 1.0' in exposition
     assert all(s == statuses[0] for s in statuses)  # no state tearing
     status = statuses[0]
     assert status["result"]["result"] == "committed"

@@ -26,6 +26,7 @@ import os
 import random
 import signal
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -126,6 +127,9 @@ class SubmitterLoop:
             log_event(logger, "warning", "commit WAL recovered", agent=name,
                       truncated_bytes=wal.recovered_truncated_bytes,
                       in_doubt=[r.commit_id[:16] for r in wal.in_doubt()])
+        #: What this submitter did: commits begun/resumed, calls by action and result,
+        #: retries, results by outcome (metrics).
+        self.events: Counter[str] = Counter()
         #: Handler calls that raised (a handler bug or an OS error), by exception type.
         self.handler_errors: dict[str, int] = {}
 
@@ -199,6 +203,7 @@ class SubmitterLoop:
                 self._nursery.start_soon(self._call, effect)
             elif isinstance(effect, BeginCommit):
                 intent = effect.intent
+                self.events["commit_begun"] += 1
                 if self.wal is not None:
                     self.wal.intent(intent.commit_id, **_without_id(intent.to_data()))
                 if not effect.resumed:
@@ -211,12 +216,17 @@ class SubmitterLoop:
                           commit=intent.commit_id[:16], task=intent.task_id,
                           resumed=effect.resumed, steps=len(intent.steps))
             elif isinstance(effect, LogAttempt):
+                attempt = effect.attempt
+                self.events[f"{attempt.action}_{attempt.result}"] += 1
+                if attempt.retry_reason is not None:
+                    self.events[f"retry_{attempt.retry_reason}"] += 1
                 if self.wal is not None:
                     self.wal.attempt(effect.intent.commit_id,
                                      **_without_id(effect.attempt.to_data()))
                 self._audit(attempt_event(effect.attempt, effect.intent, agent_id=self.name))
             elif isinstance(effect, EndCommit):
                 intent, result = effect.intent, effect.result
+                self.events[f"result_{result.result}"] += 1
                 if self.wal is not None:
                     self.wal.result(intent.commit_id, **_without_id(result.to_data()))
                 for event in result_events(intent, result, agent_id=self.name,
@@ -234,6 +244,12 @@ class SubmitterLoop:
             if view > 0:
                 self._audit(AuditEvent(agent_id=self.name, role="member", result="view_change",
                                        layer="consensus", ts=now_ms))
+
+    def metrics(self) -> dict[str, dict[str, int]]:
+        """``{"commit_events": {event: count}}`` for the peer's metrics snapshot."""
+        return {"commit_events": {**self.core.stats, **self.events,
+                                  **{f"handler_error_{name}": count
+                                     for name, count in self.handler_errors.items()}}}
 
     def _audit(self, event: AuditEvent) -> None:
         if self.audit is not None:
