@@ -215,14 +215,16 @@ def plot_throughput(report: dict[str, Any], path: str | Path) -> Path:
     throughput.legend(fontsize=8)
     throughput.set_title(f"throughput, n={report.get('n')}, batch {report.get('batch_size')}")
     levels = (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("max", 1.00))
+    whole = all(r.get("latency_cdf_ms") for r in results)
     for color, r in zip(_colors(len(results)), results):
-        pairs = [(r["latency_ms"].get(key), level) for key, level in levels]
-        pairs = [(x, y) for x, y in pairs if x is not None]
+        if whole:  # the distribution, every 2 %
+            pairs = [(x, y) for y, x in r["latency_cdf_ms"] if x is not None]
+        else:  # older reports: the percentiles only
+            pairs = [(r["latency_ms"].get(key), level) for key, level in levels]
+            pairs = [(x, y) for x, y in pairs if x is not None]
         if pairs:
             latency.step([x for x, _ in pairs], [y for _, y in pairs], where="post",
-                         color=color, alpha=0.6)
-            latency.plot([x for x, _ in pairs], [y for _, y in pairs], "o", color=color,
-                         label=f"{r['clients']} clients")
+                         color=color, label=f"{r['clients']} clients")
     latency.set_xscale("log")
     _plain_numbers(latency.xaxis)
     latency.set_xlabel("latency ms (submit to f+1 replies)")
@@ -230,7 +232,7 @@ def plot_throughput(report: dict[str, Any], path: str | Path) -> Path:
     latency.set_ylim(0, 1.05)
     latency.grid(True, alpha=0.3)
     latency.legend(fontsize=8)
-    latency.set_title("latency CDF (p50, p90, p99, max)")
+    latency.set_title("latency CDF" if whole else "latency CDF (p50, p90, p99, max)")
     return _save(figure, path)
 
 

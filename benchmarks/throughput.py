@@ -61,6 +61,8 @@ from bftdeliberate.node import PROFILE_ENV
 from bftdeliberate.pbft.config import DEFAULT_BATCH_SIZE
 
 DEFAULT_CLIENTS = (8, 32, 100)
+#: Points of the latency CDF in each point's report: every 2 % and the 99th percentile.
+CDF_FRACTIONS = (*(step / 50 for step in range(1, 50)), 0.99, 1.0)
 DEFAULT_DURATION = 10.0
 DEFAULT_WARMUP = 2.0
 DEFAULT_LOADGENS = 2
@@ -606,6 +608,9 @@ def _point_report(n: int, clients: int, duration: float, warmup: float,
             "mean": _round(statistics.fmean(latencies)) if latencies else None,
             "max": _round(latencies[-1]) if latencies else None,
         },
+        # The whole distribution for a CDF: nearest-rank latency at each of CDF_FRACTIONS.
+        "latency_cdf_ms": [[round(q, 3), _round(percentile(latencies, q))]
+                           for q in CDF_FRACTIONS] if latencies else [],
         "timeouts": timeouts,
         "retransmissions": sum(out["retransmissions"] for out in outputs),
         "per_client_ops": {"min": min(per_client, default=0), "max": max(per_client, default=0)},

@@ -18,7 +18,8 @@ REPORT_FIELDS = {"benchmark", "command", "n", "f", "batch_size", "clients", "dur
                  "reference", "goal", "definitions", "results", "failure", "ok", "logs",
                  "wall_seconds"}
 POINT_FIELDS = {"clients", "loadgens", "duration_s", "warmup_s", "window_s", "batch_size", "ops",
-                "ops_per_s", "committed_ops_per_s", "latency_ms", "timeouts", "retransmissions",
+                "ops_per_s", "committed_ops_per_s", "latency_ms", "latency_cdf_ms", "timeouts",
+                "retransmissions",
                 "per_client_ops", "mean_batch_size", "batches_per_s", "fsyncs_per_batch",
                 "cpu_seconds_per_replica", "cpu_utilisation_per_replica",
                 "cpu_seconds_loadgens", "cpu_ms_per_op", "machine_cpu_utilisation",
@@ -50,6 +51,9 @@ def test_one_tiny_point_with_real_processes(capsys):
     assert report["reference"]["signed"]["8"]["ops_per_s"] == 793
     (point,) = report["results"]
     assert set(point) == POINT_FIELDS
+    cdf = point["latency_cdf_ms"]
+    assert [q for q, _ in cdf][-2:] == [0.99, 1.0]
+    assert [ms for _, ms in cdf] == sorted(ms for _, ms in cdf)  # a distribution
     assert point["clients"] == 4 and point["loadgens"] == 2
     assert point["ops"] > 0 and point["ops_per_s"] > 0 and point["timeouts"] == 0
     latency = point["latency_ms"]
