@@ -307,8 +307,14 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--dir", type=Path, default=Path("keys"), help="keystore folder (default keys)")
     init.add_argument("--clients", type=int, default=1, help="authorised clients (default 1)")
     init.add_argument("--committee-id", default=None, help="committee id (default random)")
-    init.add_argument("--host", default="127.0.0.1", help="members' host (default 127.0.0.1)")
-    init.add_argument("--base-port", type=_port, default=7000, help="member i listens on base+i")
+    where = init.add_mutually_exclusive_group()
+    where.add_argument("--host", default="127.0.0.1", help="members' host (default 127.0.0.1)")
+    where.add_argument("--hosts", type=lambda text: [h.strip() for h in text.split(",")],
+                       default=None, metavar="H0,H1,...",
+                       help="one host per member (separate machines): member i listens on "
+                            "--base-port of the i-th host")
+    init.add_argument("--base-port", type=_port, default=7000,
+                      help="member i listens on base+i (with --hosts: on base)")
     init.add_argument("--force", action="store_true",
                       help="replace existing key files and committee.json in --dir")
     init.set_defaults(handler=cmd_keys_init)
@@ -777,11 +783,11 @@ def cmd_keys_init(args: argparse.Namespace, console: Console) -> int:
 
     if args.clients < 0:
         raise ConfigError(f"--clients must be >= 0, got {args.clients}")
-    if args.base_port + args.n - 1 > 65535:
+    if args.hosts is None and args.base_port + args.n - 1 > 65535:
         raise ConfigError(f"--base-port {args.base_port}: members would listen above port 65535")
     committee = init_keystore(args.dir, args.n, clients=args.clients,
                               committee_id=args.committee_id, host=args.host,
-                              base_port=args.base_port, overwrite=args.force)
+                              base_port=args.base_port, overwrite=args.force, hosts=args.hosts)
     console.print(f"wrote {committee.n} member keys, {len(committee.clients)} client keys and "
                   f"{args.dir / 'committee.json'} (committee {committee.committee_id}, "
                   f"digest {committee.digest.hex()[:16]}…)")

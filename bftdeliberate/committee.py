@@ -13,7 +13,7 @@ import os
 import random
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
@@ -382,14 +382,27 @@ def make_committee(
     host: str = "127.0.0.1",
     base_port: int = 0,
     backend: SignatureBackend | None = None,
+    hosts: Sequence[str] | None = None,
 ) -> tuple[Committee, list[PrivateKey], dict[str, PrivateKey]]:
     """An in-memory genesis: the committee, member keys by id and client keys by client id.
 
     Member i is ``agent-{i}`` with every role, listening on ``base_port + i`` (port 0 for all
-    when ``base_port`` is 0); clients are ``client-{j}``. Deterministic when ``rng`` is given.
+    when ``base_port`` is 0) of ``host`` -- or, with ``hosts`` (one per member: separate
+    machines), on ``base_port`` of ``hosts[i]``; clients are ``client-{j}``. Deterministic
+    when ``rng`` is given.
     """
     if clients < 0:
         raise ConfigError(f"the number of clients must be >= 0; got {clients}")
+    if hosts is not None and len(hosts) != n:
+        raise ConfigError(f"--hosts names {len(hosts)} hosts for {n} members")
+    if hosts is not None and any(not h or any(c.isspace() for c in h) for h in hosts):
+        raise ConfigError("--hosts: a host is a name or address without spaces")
+
+    def address(i: int) -> str:
+        if hosts is not None:
+            return _address(hosts[i], base_port)
+        return _address(host, base_port + i if base_port else 0)
+
     member_keys = [PrivateKey.generate(rng, backend) for _ in range(n)]
     client_keys = {f"client-{j}": PrivateKey.generate(rng, backend) for j in range(clients)}
     roles = tuple(sorted(ROLES))
@@ -402,7 +415,7 @@ def make_committee(
                     name=f"agent-{i}",
                     public_key=public_key_to_ssh(key.public_key, f"agent-{i}"),
                     roles=roles,
-                    address=_address(host, base_port + i if base_port else 0),
+                    address=address(i),
                 )
                 for i, key in enumerate(member_keys)
             ),
@@ -425,6 +438,7 @@ def init_keystore(
     host: str = "127.0.0.1",
     base_port: int = DEFAULT_BASE_PORT,
     overwrite: bool = False,
+    hosts: Sequence[str] | None = None,
 ) -> Committee:
     """Create a fresh genesis in ``directory``: ``agent-{i}.key``, ``client-{j}.key`` (mode
     0600) and ``committee.json``.
@@ -436,8 +450,8 @@ def init_keystore(
     if committee_id is None:
         committee_id = "committee-" + secrets.token_hex(COMMITTEE_ID_RANDOM_BYTES)
     committee, member_keys, client_keys = make_committee(
-        n, clients=clients, committee_id=committee_id, host=host, base_port=base_port
-    )
+        n, clients=clients, committee_id=committee_id, host=host, base_port=base_port,
+        hosts=hosts)
     key_files = [(root / f"agent-{i}.key", key) for i, key in enumerate(member_keys)]
     key_files += [(root / f"{client_id}.key", key) for client_id, key in client_keys.items()]
     manifest_path = root / MANIFEST_FILE_NAME

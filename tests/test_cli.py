@@ -97,6 +97,18 @@ def test_keys_init_then_check(tmp_path, capsys):
     assert summary["keys"] == [{"file": str(keystore / "agent-2.key"), "owner": "member 2"}]
 
 
+def test_keys_init_puts_members_on_separate_hosts(tmp_path, capsys):
+    code, _, err = run(capsys, "keys", "init", "--n", "4", "--dir", str(tmp_path / "k"),
+                       "--hosts", "10.0.0.1,10.0.0.2,db-3.example,fd00::4", "--base-port", "7100")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "k" / "committee.json").read_text())
+    assert [m["address"] for m in manifest["members"]] == [
+        "10.0.0.1:7100", "10.0.0.2:7100", "db-3.example:7100", "[fd00::4]:7100"]
+    code, _, err = run(capsys, "keys", "init", "--n", "4", "--dir", str(tmp_path / "k2"),
+                       "--hosts", "10.0.0.1,10.0.0.2")
+    assert code == 2 and "2 hosts for 4 members" in err and not (tmp_path / "k2").exists()
+
+
 def test_keys_init_refuses_to_overwrite_and_keeps_every_file(tmp_path, capsys):
     keystore = tmp_path / "keys"
     assert run(capsys, "keys", "init", "--n", "4", "--dir", str(keystore))[0] == 0

@@ -78,18 +78,12 @@ class NetnsNode(Node):
 
 
 def _write_committee(directory: Path, topology: Topology) -> None:
-    """``bftd keys init``, then each member's address set to its own namespace's address
-    (the CLI gives every member one host and consecutive ports)."""
-    first = topology.hosts["m0"].address
+    """``bftd keys init --hosts``: each member on its own namespace's address."""
+    hosts = ",".join(topology.hosts[f"m{i}"].address for i in range(MEMBERS))
     subprocess.run([*bftd_argv(), "keys", "init", "--n", str(MEMBERS), "--dir", str(directory),
-                    "--clients", str(CLIENTS), "--host", first, "--base-port", str(PEER_PORT)],
+                    "--clients", str(CLIENTS), "--hosts", hosts, "--base-port", str(PEER_PORT)],
                    check=True, capture_output=True, timeout=30)
     path = directory / "committee.json"
-    manifest = json.loads(path.read_text())
-    for member in manifest["members"]:
-        host = topology.hosts[f"m{member['id']}"]
-        member["address"] = f"{host.address}:{PEER_PORT}"
-    path.write_text(json.dumps(manifest, indent=2) + "\n")
     addresses = [m.address for m in load_committee(path).members]
     assert addresses == [f"10.77.0.{10 + i}:{PEER_PORT}" for i in range(MEMBERS)], addresses
 
