@@ -29,9 +29,8 @@ import threading
 from dataclasses import dataclass, field
 
 import trio
+from processes import read_metrics
 
-#: Largest metrics response read (as tests/processes.py).
-MAX_METRICS_RESPONSE = 1024 * 1024
 #: setns(2) namespace type of a network namespace.
 CLONE_NEWNET = 0x40000000
 #: Every ``ip``/``tc``/``nft`` command of the set-up must finish within this many seconds.
@@ -392,19 +391,6 @@ async def scrape(topology: Topology, label: str, port: int) -> dict[str, float] 
     async with trio.SocketStream(sock) as stream:
         try:
             with trio.fail_after(5):
-                await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-                data = b""
-                while len(data) < MAX_METRICS_RESPONSE:
-                    chunk = await stream.receive_some(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-        except (trio.BrokenResourceError, trio.TooSlowError, OSError):
+                return await read_metrics(stream)
+        except trio.TooSlowError:
             return None
-    _head, _, body = data.partition(b"\r\n\r\n")
-    samples: dict[str, float] = {}
-    for line in body.decode(errors="replace").splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples

@@ -92,16 +92,22 @@ async def scrape(port: int) -> dict[str, float] | None:
     except OSError:
         return None
     async with stream:
-        try:
-            await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            data = b""
-            while len(data) < MAX_METRICS_RESPONSE:
-                chunk = await stream.receive_some(65536)
-                if not chunk:
-                    break
-                data += chunk
-        except (trio.BrokenResourceError, OSError):
-            return None
+        return await read_metrics(stream)
+
+
+async def read_metrics(stream: trio.abc.Stream) -> dict[str, float] | None:
+    """Send ``GET /metrics`` on an open stream and parse the answer as {sample name with
+    labels: value}; None if the peer went away."""
+    try:
+        await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        data = b""
+        while len(data) < MAX_METRICS_RESPONSE:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            data += chunk
+    except (trio.BrokenResourceError, OSError):
+        return None
     _head, _, body = data.partition(b"\r\n\r\n")
     samples: dict[str, float] = {}
     for line in body.decode(errors="replace").splitlines():
