@@ -87,6 +87,7 @@ from bftdeliberate.deliberation.ledger import Ledger
 from bftdeliberate.deliberation.ops import CommitDone, CommitIntent, Tick, encode_op
 from bftdeliberate.pbft.effects import Execute
 from simulator.debate import MS, AgentDriver, DebateHarness, agent_name
+from simulator.world import Alarm
 
 if TYPE_CHECKING:
     from simulator.spec import CommitSpec, Scenario
@@ -508,8 +509,7 @@ class CommitDriver:
         self.core: Submitter | None = self._new_core()
         self.stats: Counter[str] = Counter()
         self._poll_pending = False
-        self._timer_generation = 0
-        self._timer_at: float | None = None
+        self._alarm = Alarm(self.world, f"commit {member}: timer", self.poll)
         # Byzantine bookkeeping.
         self._second_results: set[str] = set()
         self._unapproved_intents: set[str] = set()
@@ -542,8 +542,7 @@ class CommitDriver:
         """The member went down: the core and everything it waited for are gone."""
         self.incarnation += 1
         self.core = None
-        self._timer_generation += 1
-        self._timer_at = None
+        self._alarm.cancel()
         self._poll_pending = False
         self.stats["dropped-queued"] += self.agent.drop_queued("commit")
 
@@ -656,21 +655,7 @@ class CommitDriver:
             wakes.append(world.now + COMMIT_IDLE_POLL_MS / MS)
         if wakes:
             wake = min(wakes)
-            self._arm(wake if wake > world.now else world.now + MIN_WAKE_MS / MS)
-
-    def _arm(self, at: float) -> None:
-        if self._timer_at is not None and self.world.now <= self._timer_at <= at:
-            return  # an earlier wake-up is already set
-        self._timer_generation += 1
-        generation = self._timer_generation
-        self._timer_at = at
-        self.world.at(at, lambda: self._on_timer(generation), f"commit {self.member}: timer")
-
-    def _on_timer(self, generation: int) -> None:
-        if generation != self._timer_generation:
-            return  # superseded
-        self._timer_at = None
-        self.poll()
+            self._alarm.arm(wake if wake > world.now else world.now + MIN_WAKE_MS / MS)
 
     # -- Byzantine submitters ----------------------------------------------------------------------
 

@@ -82,6 +82,7 @@ from bftdeliberate.errors import DecodeError, LocalError
 from bftdeliberate.pbft.effects import Execute
 from bftdeliberate.wire import cbor
 from bftdeliberate.wire.messages import MAX_COUNTER, Request, sign_message
+from simulator.world import Alarm
 
 if TYPE_CHECKING:
     from simulator.spec import AgentScript, DebateSpec, Scenario
@@ -192,8 +193,7 @@ class AgentDriver:
         self.rejected: Counter[str] = Counter()
         self.forged: list[tuple[str, int]] = []
         self._poll_pending = False
-        self._timer_generation = 0
-        self._timer_at: float | None = None
+        self._alarm = Alarm(harness.world, f"agent {member}: timer", self._on_timer)
         self._last_tick_at = -1.0e9
 
     # -------------------------------------------------------------- reading
@@ -219,7 +219,7 @@ class AgentDriver:
     def poll(self) -> None:
         self._poll_pending = False
         if not self.up:
-            self._arm(self.world.now + IDLE_POLL_MS / MS)
+            self._alarm.arm(self.world.now + IDLE_POLL_MS / MS)
             return
         self.pump()  # answers may have waited while the member was down
         ledger = self.ledger
@@ -387,7 +387,7 @@ class AgentDriver:
         if self.outstanding is not None or not self.queue:
             return
         if not self.up:  # the agent is down with its member: look again later
-            self._arm(self.world.now + IDLE_POLL_MS / MS)
+            self._alarm.arm(self.world.now + IDLE_POLL_MS / MS)
             return
         queued = self.queue.popleft()
         try:
@@ -442,23 +442,12 @@ class AgentDriver:
         if wake is not None:
             # Never at this very instant again: a wake-up that finds nothing to do must not
             # spin (clock conversions can land a hair before a deadline).
-            self._arm(wake if wake > world.now else world.now + MIN_WAKE_MS / MS)
+            self._alarm.arm(wake if wake > world.now else world.now + MIN_WAKE_MS / MS)
 
     def _tick_delay_ms(self) -> float:
         return TICK_MARGIN_MS + TICK_STAGGER_MS * self.member
 
-    def _arm(self, at: float) -> None:
-        if self._timer_at is not None and self.world.now <= self._timer_at <= at:
-            return  # an earlier wake-up is already set
-        self._timer_generation += 1
-        generation = self._timer_generation
-        self._timer_at = at
-        self.world.at(at, lambda: self._on_timer(generation), f"agent {self.member}: timer")
-
-    def _on_timer(self, generation: int) -> None:
-        if generation != self._timer_generation:
-            return  # superseded
-        self._timer_at = None
+    def _on_timer(self) -> None:
         if self.up:
             deadline = self.ledger.next_deadline_ms()
             if (deadline is not None and self.ticks and not self._ticking()

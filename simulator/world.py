@@ -147,6 +147,37 @@ def with_roles(committee: Committee, roles: Mapping[int, Sequence[str]]) -> Comm
     return committee.model_copy(update={"members": members})
 
 
+class Alarm:
+    """One owner's pending wake-up in a world: :meth:`arm` keeps an earlier pending time
+    (so many requests for a wake-up cost one event), :meth:`cancel` forgets it; ``fire`` runs
+    only for the latest arming."""
+
+    def __init__(self, world: World, label: str, fire: Callable[[], None]) -> None:
+        self.world = world
+        self.label = label
+        self.fire = fire
+        self._generation = 0
+        self.at: float | None = None
+
+    def arm(self, at: float) -> None:
+        if self.at is not None and self.world.now <= self.at <= at:
+            return  # an earlier wake-up is already set
+        self._generation += 1
+        generation = self._generation
+        self.at = at
+        self.world.at(at, lambda: self._fired(generation), self.label)
+
+    def cancel(self) -> None:
+        self._generation += 1
+        self.at = None
+
+    def _fired(self, generation: int) -> None:
+        if generation != self._generation:
+            return  # superseded
+        self.at = None
+        self.fire()
+
+
 class World:
     """n members (honest replicas or Byzantine wrappers) and some clients of one committee."""
 
