@@ -25,7 +25,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -141,37 +141,25 @@ class SqliteKvHandler:
         new = self.patches[call.step["patch_id"]]
         digest = hashlib.sha256(new).hexdigest()
         idem = call.idempotency_key
-        with self._lock:
-            db = self._connect()
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    row = db.execute(f"SELECT state FROM {KEYS_TABLE} WHERE idem_key = ?",
-                                     (idem,)).fetchone()
-                    if row is not None:
-                        db.execute("ROLLBACK")
-                        if row[0] == "compensated":
-                            return permanent(f"idempotency key {idem} was compensated;"
-                                             " not applied again")
-                        return StepOutcome(ok=True, already_applied=True, output_digest=digest,
-                                           detail="already applied")
-                    prior = db.execute(f'SELECT value FROM "{table}" WHERE key = ?',
-                                       (key,)).fetchone()
-                    db.execute(f'INSERT OR REPLACE INTO "{table}" (key, value) VALUES (?, ?)',
-                               (key, new))
-                    db.execute(f"INSERT INTO {KEYS_TABLE} VALUES (?, ?, ?, ?, ?, 'applied')",
-                               (idem, table, key, prior is not None,
-                                prior[0] if prior is not None else None))
-                    db.execute("COMMIT")
-                except BaseException:
-                    if db.in_transaction:
-                        db.execute("ROLLBACK")
-                    raise
-            except sqlite3.OperationalError as exc:  # locked/busy: another writer
-                return transient(f"kv:{table}/{key}: {exc}")
-            finally:
-                db.close()
-        return StepOutcome(ok=True, output_digest=digest)
+
+        def write(db: sqlite3.Connection) -> tuple[StepOutcome, bool]:
+            row = db.execute(f"SELECT state FROM {KEYS_TABLE} WHERE idem_key = ?",
+                             (idem,)).fetchone()
+            if row is not None:
+                if row[0] == "compensated":
+                    return permanent(f"idempotency key {idem} was compensated;"
+                                     " not applied again"), False
+                return StepOutcome(ok=True, already_applied=True, output_digest=digest,
+                                   detail="already applied"), False
+            prior = db.execute(f'SELECT value FROM "{table}" WHERE key = ?', (key,)).fetchone()
+            db.execute(f'INSERT OR REPLACE INTO "{table}" (key, value) VALUES (?, ?)',
+                       (key, new))
+            db.execute(f"INSERT INTO {KEYS_TABLE} VALUES (?, ?, ?, ?, ?, 'applied')",
+                       (idem, table, key, prior is not None,
+                        prior[0] if prior is not None else None))
+            return StepOutcome(ok=True, output_digest=digest), True
+
+        return self._transaction(f"kv:{table}/{key}", write)
 
     def compensate(self, call: StepCall) -> StepOutcome:
         refusal = self.check(call)
@@ -181,41 +169,50 @@ class SqliteKvHandler:
             return StepOutcome(ok=True, detail="read steps have nothing to undo")
         table, key = self._target(call.step)  # type: ignore[misc]
         idem = call.idempotency_key
+
+        def restore(db: sqlite3.Connection) -> tuple[StepOutcome, bool]:
+            row = db.execute(f"SELECT tbl, key, existed, prior, state FROM {KEYS_TABLE}"
+                             " WHERE idem_key = ?", (idem,)).fetchone()
+            if row is None:
+                db.execute(f"INSERT INTO {KEYS_TABLE} VALUES (?, ?, ?, 0, NULL, 'compensated')",
+                           (idem, table, key))
+                return StepOutcome(ok=True, detail="fenced: never applied"), True
+            if row[4] == "compensated":
+                return StepOutcome(ok=True, already_applied=True,
+                                   detail="already compensated"), False
+            rtable, rkey, existed, prior, _ = row
+            if rtable not in self.tables:
+                return denied(f"table {rtable!r} is not in the kv allow-list"), False
+            if existed:
+                db.execute(f'INSERT OR REPLACE INTO "{rtable}" (key, value) VALUES (?, ?)',
+                           (rkey, prior))
+            else:
+                db.execute(f'DELETE FROM "{rtable}" WHERE key = ?', (rkey,))
+            db.execute(f"UPDATE {KEYS_TABLE} SET state = 'compensated' WHERE idem_key = ?",
+                       (idem,))
+            return StepOutcome(ok=True, detail="restored prior value"), True
+
+        return self._transaction(f"kv:{table}/{key}", restore)
+
+    def _transaction(self, where: str,
+                     work: Callable[[sqlite3.Connection], tuple[StepOutcome, bool]]
+                     ) -> StepOutcome:
+        """Run ``work`` in one ``BEGIN IMMEDIATE`` transaction, committed when it says so,
+        else rolled back (also on any exception); a locked or busy database is
+        ``transient``."""
         with self._lock:
             db = self._connect()
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
-                    row = db.execute(f"SELECT tbl, key, existed, prior, state FROM {KEYS_TABLE}"
-                                     " WHERE idem_key = ?", (idem,)).fetchone()
-                    if row is None:
-                        db.execute(f"INSERT INTO {KEYS_TABLE} VALUES"
-                                   " (?, ?, ?, 0, NULL, 'compensated')", (idem, table, key))
-                        detail = "fenced: never applied"
-                    elif row[4] == "compensated":
-                        db.execute("ROLLBACK")
-                        return StepOutcome(ok=True, already_applied=True,
-                                           detail="already compensated")
-                    else:
-                        rtable, rkey, existed, prior, _ = row
-                        if rtable not in self.tables:
-                            db.execute("ROLLBACK")
-                            return denied(f"table {rtable!r} is not in the kv allow-list")
-                        if existed:
-                            db.execute(f'INSERT OR REPLACE INTO "{rtable}" (key, value)'
-                                       " VALUES (?, ?)", (rkey, prior))
-                        else:
-                            db.execute(f'DELETE FROM "{rtable}" WHERE key = ?', (rkey,))
-                        db.execute(f"UPDATE {KEYS_TABLE} SET state = 'compensated'"
-                                   " WHERE idem_key = ?", (idem,))
-                        detail = "restored prior value"
-                    db.execute("COMMIT")
+                    outcome, commit = work(db)
+                    db.execute("COMMIT" if commit else "ROLLBACK")
                 except BaseException:
                     if db.in_transaction:
                         db.execute("ROLLBACK")
                     raise
-            except sqlite3.OperationalError as exc:
-                return transient(f"kv:{table}/{key}: {exc}")
+            except sqlite3.OperationalError as exc:  # locked/busy: another writer
+                return transient(f"{where}: {exc}")
             finally:
                 db.close()
-        return StepOutcome(ok=True, detail=detail)
+        return outcome
