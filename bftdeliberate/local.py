@@ -27,7 +27,14 @@ from bftdeliberate.deliberation.debater import Debater
 from bftdeliberate.deliberation.ledger import Ledger
 from bftdeliberate.errors import LocalError
 from bftdeliberate.pbft.config import ReplicaConfig
-from bftdeliberate.peer import CommitteeClient, Peer, PeerConfig, open_client, open_peer
+from bftdeliberate.peer import (
+    CommitteeClient,
+    Peer,
+    PeerConfig,
+    on_execute_all,
+    open_client,
+    open_peer,
+)
 
 __all__ = ["LocalCommittee", "LocalMember", "open_local_committee"]
 
@@ -121,10 +128,10 @@ async def open_local_committee(
                 submitter = stack.enter_context(open_submitter(
                     committee, i, keys[i], ledger, handlers(i), data_dir,
                     policy=commit_policy, stall_ms=commit_stall_ms))
-            hooks = [agent.on_execute] + ([] if submitter is None else [submitter.on_execute])
             configs.append(PeerConfig(
                 committee, i, keys[i], app=ledger,
-                on_execute=lambda e, hooks=hooks: [hook(e) for hook in hooks] and None,
+                on_execute=on_execute_all(agent.on_execute,
+                                          None if submitter is None else submitter.on_execute),
                 on_view_change=None if submitter is None else submitter.on_view_change,
                 snapshot_extra=None if submitter is None else submitter.metrics,
                 listeners=[listeners[i]], addresses=addresses,

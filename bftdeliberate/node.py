@@ -311,7 +311,7 @@ def node_run(*, member: int, committee_path: Path, key_path: Path, data_dir: Pat
              lost_disk: bool, log_level: str, agent: AgentOptions | None = None) -> int:
     """``bftd node run``: serve until SIGINT/SIGTERM, then shut down gracefully."""
     from bftdeliberate.observability import configure_logging, log_event
-    from bftdeliberate.peer import PeerConfig, open_peer
+    from bftdeliberate.peer import PeerConfig, on_execute_all, open_peer
 
     agent = agent or AgentOptions()
     agent.check()
@@ -347,13 +347,11 @@ def node_run(*, member: int, committee_path: Path, key_path: Path, data_dir: Pat
 
                 submitter = stack.enter_context(open_submitter(
                     committee, member, key, app, registry, data_dir))
-            hooks = [hook for hook in (getattr(loop, "on_execute", None),
-                                       getattr(submitter, "on_execute", None)) if hook]
             peer_config = PeerConfig(
                 committee, member, key, data_dir=data_dir, replica_config=config,
                 listen=listen_address, metrics_port=metrics_port, lost_disk=lost_disk,
-                app=app, on_execute=(lambda e: [hook(e) for hook in hooks] and None)
-                if hooks else None,
+                app=app, on_execute=on_execute_all(getattr(loop, "on_execute", None),
+                                                   getattr(submitter, "on_execute", None)),
                 on_view_change=None if submitter is None else submitter.on_view_change,
                 snapshot_extra=None if submitter is None else submitter.metrics)
             await _serve(peer_config, loop, submitter)

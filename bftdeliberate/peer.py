@@ -146,6 +146,21 @@ class PeerConfig:
     snapshot_extra: Callable[[], dict[str, Any]] | None = None
 
 
+def on_execute_all(*hooks: Callable[[Execute], None] | None
+                   ) -> Callable[[Execute], None] | None:
+    """One ``on_execute`` hook calling each given one in order (None if there is none)."""
+    present = [hook for hook in hooks if hook is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0]
+
+    def each(execute: Execute) -> None:
+        for hook in present:
+            hook(execute)
+    return each
+
+
 @dataclass(slots=True)
 class PeerStats:
     steps: int = 0

@@ -190,7 +190,8 @@ class Submitter:
             key = ("result", commit_id)
             if key not in self._pending_ops:
                 effects.append(self._order(key, CommitDone(commit_id=commit_id, result=result)))
-        for kind, subject in ledger.commit_duties(self.member, view):
+        duties = ledger.commit_duties(self.member, view)
+        for kind, subject in duties:
             if kind == "intent":
                 if (subject, view) in self._intents_sent:
                     continue
@@ -201,10 +202,13 @@ class Submitter:
             elif (subject not in self._running and subject not in self._results
                   and len(self._running) < self._max_running):
                 effects += self._begin(book.status(subject), view, now_ms)
-        effects += self._watchdog(ledger, view, now_ms)
+        owed = {subject for kind, subject in duties if kind == "intent"}
+        effects += self._watchdog(ledger, owed, now_ms)
         return effects
 
-    def _watchdog(self, ledger: Ledger, view: int, now_ms: int) -> list[SubmitterEffect]:
+    def _watchdog(self, ledger: Ledger, owed: set[str], now_ms: int) -> list[SubmitterEffect]:
+        """Watchdog ticks (module docstring); ``owed``: tasks this member itself owes an
+        intent for (it orders those, it does not watch them)."""
         book = ledger.commits
         waiting: list[tuple[tuple[str, str], int]] = []
         for commit_id in book.in_doubt():
@@ -212,8 +216,6 @@ class Submitter:
             if status["grant"] == "granted" and commit_id not in self._running \
                     and commit_id not in self._results:
                 waiting.append((("commit", commit_id), status["intents"][-1]["at_ms"]))
-        owed = {subject for kind, subject in ledger.commit_duties(self.member, view)
-                if kind == "intent"}
         waiting += [(("task", task_id), ready_ms)
                     for task_id, ready_ms in ledger.ready_without_commit()
                     if task_id not in owed]
