@@ -360,15 +360,21 @@ def result_events(intent: ExecutionIntent, result: CommitResult, *, agent_id: st
                   rollback: bool = True) -> list[AuditEvent]:
     """The audit events of a commit's result: its rollback (unless ``rollback`` is False or
     none was needed), then the result itself."""
-    base = {"task_id": intent.task_id, "proposal_id": intent.proposal_id,
-            "commit_id": intent.commit_id, "role": "submitter", "layer": "commit",
-            "resource_targets": intent.resource_targets, "ts": ts, "agent_id": agent_id}
     events = []
     if rollback and result.rollback.result != "not_needed":
-        events.append(AuditEvent(**base, result=f"rollback_{result.rollback.result}",
-                                 error_code=result.rollback.error_code))
-    events.append(AuditEvent(**base, result=result.result, error_code=result.error_code))
+        events.append(_outcome_event(intent, agent_id, ts, f"rollback_{result.rollback.result}",
+                                     result.rollback.error_code))
+    events.append(_outcome_event(intent, agent_id, ts, result.result, result.error_code))
     return events
+
+
+def _outcome_event(intent: ExecutionIntent, agent_id: str, ts: int, result: str,
+                   error_code: str | None) -> AuditEvent:
+    """A submitter's commit-level event (a result or a rollback) of ``intent``."""
+    return AuditEvent(task_id=intent.task_id, proposal_id=intent.proposal_id,
+                      commit_id=intent.commit_id, agent_id=agent_id, role="submitter",
+                      resource_targets=intent.resource_targets, result=result,
+                      error_code=error_code, layer="commit", ts=ts)
 
 
 def commit_events(records: Iterable[WalRecord], *,
@@ -389,13 +395,9 @@ def commit_events(records: Iterable[WalRecord], *,
             event = attempt_event(attempt, intent, agent_id=name(record.signer))
             events.append(event)
             ts = max(ts, event.ts)
-        base = {"task_id": intent.task_id, "proposal_id": intent.proposal_id,
-                "commit_id": intent.commit_id, "role": "submitter", "layer": "commit",
-                "resource_targets": intent.resource_targets, "ts": ts}
         for record, rollback in commit.rollbacks:
-            events.append(AuditEvent(**base, agent_id=name(record.signer),
-                                     result=f"rollback_{rollback.result}",
-                                     error_code=rollback.error_code))
+            events.append(_outcome_event(intent, name(record.signer), ts,
+                                         f"rollback_{rollback.result}", rollback.error_code))
         for record, result in commit.results:
             events += result_events(intent, result, agent_id=name(record.signer), ts=ts,
                                     rollback=not commit.rollbacks)
