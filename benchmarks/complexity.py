@@ -71,6 +71,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from benchmarks.core import parse_int_list, percentile
+from benchmarks.plots import add_plot_option, refuse_plot
 from bftdeliberate import kv
 from bftdeliberate.errors import DecodeError
 from bftdeliberate.pbft.config import (
@@ -661,16 +662,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS)
     parser.add_argument("--no-view-change", action="store_true")
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--plot", default=None, metavar="FILE.png")
+    add_plot_option(parser)
     args = parser.parse_args(argv)
     for name in ("requests", "seeds", "checkpoint_interval", "jobs"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    from benchmarks.plots import plot_option_error
-
-    if args.plot and (error := plot_option_error(args.plot)):
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+    if refuse_plot(parser, args.plot):
         return 2
     report = run(args.n, args.batch, args.requests, args.seeds,
                  checkpoint_interval=args.checkpoint_interval, jobs=args.jobs,

@@ -36,6 +36,7 @@ from typing import Any
 import trio
 
 from benchmarks.core import percentile
+from benchmarks.plots import add_plot_option, refuse_plot
 from bftdeliberate.committee import init_keystore, load_committee
 from bftdeliberate.crypto import load_private_key
 from bftdeliberate.deliberation.ops import MAX_ROUNDS, Contribute, OpenTask
@@ -205,13 +206,11 @@ def run(rounds: int = DEFAULT_ROUNDS, *, command: str | None = None,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS)
-    parser.add_argument("--plot", default=None, metavar="FILE.png",
-                        help="also draw the report as a PNG (pip install -e '.[plot]')")
+    add_plot_option(parser)
     args = parser.parse_args(argv)
-    from benchmarks.plots import plot_debate, plot_option_error
+    from benchmarks.plots import plot_debate
 
-    if args.plot and (error := plot_option_error(args.plot)):
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+    if refuse_plot(parser, args.plot):
         return 2
     report = run(args.rounds, command="python -m benchmarks.debate_cluster "
                                       f"--rounds {args.rounds}")

@@ -12,7 +12,9 @@ and writes one PNG.
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,21 @@ def plot_option_error(path: str | Path) -> str | None:
     except ConfigError as error:
         return str(error)
     return None
+
+
+def add_plot_option(parser: argparse.ArgumentParser) -> None:
+    """``--plot FILE.png`` for a ``python -m benchmarks.X`` entry point."""
+    parser.add_argument("--plot", default=None, metavar="FILE.png",
+                        help="also draw the report as a PNG (pip install -e '.[plot]')")
+
+
+def refuse_plot(parser: argparse.ArgumentParser, path: str | Path | None) -> bool:
+    """True after printing the one-line reason ``--plot path`` cannot be drawn (the entry
+    point then exits 2 before measuring anything); False when it can, or without --plot."""
+    error = plot_option_error(path) if path else None
+    if error is not None:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+    return error is not None
 
 
 def _figure(panels: int, width_per_panel: float = 5.2, height: float = 4.4):

@@ -25,6 +25,7 @@ import sys
 import time
 from typing import Any
 
+from benchmarks.plots import add_plot_option, refuse_plot
 from simulator.runner import run_scenario
 from simulator.spec import Scenario, load_builtin
 from simulator.sweep import pool
@@ -142,13 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=DEFAULT_JOBS)
     parser.add_argument("--profile", action="store_true", help="profile one run instead")
     parser.add_argument("--seed", type=int, default=1, help="the seed --profile runs")
-    parser.add_argument("--plot", default=None, metavar="FILE.png",
-                        help="also draw the report as a PNG (pip install -e '.[plot]')")
+    add_plot_option(parser)
     args = parser.parse_args(argv)
-    from benchmarks.plots import plot_option_error, plot_sim
+    from benchmarks.plots import plot_sim
 
-    if args.plot and (error := plot_option_error(args.plot)):
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+    if refuse_plot(parser, args.plot):
         return 2
     if args.profile:
         print(profile(args.scenario, args.n, args.requests, args.seed))

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.core import measure_verify_rate, parse_int_list, percentile
+from benchmarks.plots import add_plot_option, refuse_plot
 from bftdeliberate.node import PROFILE_ENV
 from bftdeliberate.pbft.config import DEFAULT_BATCH_SIZE
 
@@ -824,13 +825,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--plot", default=None, metavar="FILE.png",
-                        help="also draw the report as a PNG (pip install -e '.[plot]')")
+    add_plot_option(parser)
     args = parser.parse_args(argv)
-    from benchmarks.plots import plot_option_error, plot_throughput
+    from benchmarks.plots import plot_throughput
 
-    if args.plot and (error := plot_option_error(args.plot)):
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+    if refuse_plot(parser, args.plot):
         return 2
     report = run(args.n, args.clients, duration=args.duration, warmup=args.warmup,
                  loadgens=args.loadgens, batch_size=args.batch_size, profile=args.profile,

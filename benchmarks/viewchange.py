@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from benchmarks.core import parse_int_list
+from benchmarks.plots import add_plot_option, refuse_plot
 from bftdeliberate import kv
 from bftdeliberate.errors import DecodeError
 from bftdeliberate.pbft.config import ReplicaConfig
@@ -357,13 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS)
     parser.add_argument("--fail-at-s", type=float, default=None,
                         help="crash the primary at this simulated time instead")
-    parser.add_argument("--plot", default=None, metavar="FILE.png",
-                        help="also draw the report as a PNG (pip install -e '.[plot]')")
+    add_plot_option(parser)
     args = parser.parse_args(argv)
-    from benchmarks.plots import plot_option_error, plot_viewchange
+    from benchmarks.plots import plot_viewchange
 
-    if args.plot and (error := plot_option_error(args.plot)):
-        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+    if refuse_plot(parser, args.plot):
         return 2
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
