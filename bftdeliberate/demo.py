@@ -267,7 +267,6 @@ class DemoResources:
     file: InjectedFaults
     kv: InjectedFaults
     command: CommandHandler
-    crash: Callable[[], None] = lambda: None
 
     @classmethod
     def create(cls, root: Path) -> DemoResources:
@@ -276,14 +275,13 @@ class DemoResources:
             (sandbox / name).parent.mkdir(parents=True, exist_ok=True)
             (sandbox / name).write_bytes(content)
         database = root / "releases.db"
-        resources = cls(sandbox, database, None, None,  # type: ignore[arg-type]
-                        CommandHandler(sandbox, DEMO_COMMANDS))
-        resources.file = InjectedFaults(FileHandler(sandbox, DEMO_PATCHES),
-                                        transient_step=TRANSIENT_STEP)
-        resources.kv = InjectedFaults(SqliteKvHandler(database, DEMO_KV_TABLES, DEMO_PATCHES),
-                                      crash_step=CRASH_AFTER_STEP,
-                                      crash=lambda: resources.crash())
-        return resources
+        # The kv handler's crash is set once the committee (its first submitter) is up.
+        return cls(sandbox, database,
+                   InjectedFaults(FileHandler(sandbox, DEMO_PATCHES),
+                                  transient_step=TRANSIENT_STEP),
+                   InjectedFaults(SqliteKvHandler(database, DEMO_KV_TABLES, DEMO_PATCHES),
+                                  crash_step=CRASH_AFTER_STEP),
+                   CommandHandler(sandbox, DEMO_COMMANDS))
 
     def registry(self, member: int) -> HandlerRegistry:
         return HandlerRegistry([self.file, self.kv, self.command])
@@ -353,7 +351,7 @@ async def _demo(n: int, root: Path, llm: dict[str, Any] | None,
                     handlers=resources.registry, commit_policy=DEMO_RETRY,
                     commit_stall_ms=DEMO_STALL_MS) as local:
                 first_submitter = local.members[0]
-                resources.crash = first_submitter.crash
+                resources.kv.crash = first_submitter.crash
                 chair.agent = local.members[chair_index].agent
                 ports = ", ".join(f"{local.addresses[i][1]}" for i in range(n))
                 progress(f"{n} members up on 127.0.0.1 ports {ports}; {names[byzantine]} is "
